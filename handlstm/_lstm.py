@@ -1,0 +1,302 @@
+"""HandLSTM: nn.LSTM's parameters, constructor and forward contract over the functional core."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _checks
+from ._scan import run_direction
+
+_STATE_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+class HandLSTM(nn.Module):
+    r"""A multi-layer LSTM written from the gate equations: an exact drop-in for ``nn.LSTM``.
+
+    For each step and layer, with :math:`\sigma` the sigmoid and gates in torch's order::
+
+        i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(c_t)            (then h_t = W_hr h_t if proj_size > 0)
+
+    Parameters, their names, shapes, order and initialisation are nn.LSTM's, so state dicts load
+    both ways with ``strict=True``. No fused LSTM kernel (cuDNN, oneDNN, ``torch._VF.lstm``) is
+    called: the computation is ordinary tensor ops, so it can be vmapped, compiled, differentiated
+    twice and changed.
+
+    Shapes: N batch, L sequence length, D = 2 if bidirectional else 1, H_in = ``input_size``,
+    H_cell = ``hidden_size``, H_out = ``proj_size`` if it is > 0 else ``hidden_size``.
+
+    Args:
+        input_size: H_in, features of the input.
+        hidden_size: H_cell, features of the cell state.
+        num_layers: stacked layers. Default 1.
+        bias: use ``b_ih`` and ``b_hh``. Default True.
+        batch_first: input and output are ``(N, L, *)`` instead of ``(L, N, *)``. Default False.
+        dropout: dropout probability on each layer's output but the last, in training. Default 0.
+        bidirectional: run a second, reversed direction per layer. Default False.
+        proj_size: if > 0, project h to this size with ``weight_hr`` (LSTMP). Default 0.
+        device, dtype: where and in what type the parameters are created.
+
+    Inputs: input, (h_0, c_0)
+        - **input**: ``(L, H_in)`` unbatched, ``(L, N, H_in)``, ``(N, L, H_in)`` with
+          ``batch_first``, or a :class:`~torch.nn.utils.rnn.PackedSequence`.
+        - **h_0**: ``(D*num_layers, H_out)`` unbatched or ``(D*num_layers, N, H_out)``.
+        - **c_0**: ``(D*num_layers, H_cell)`` unbatched or ``(D*num_layers, N, H_cell)``.
+          Both default to zeros.
+
+    Outputs: output, (h_n, c_n)
+        - **output**: ``(L, D*H_out)``, ``(L, N, D*H_out)``, ``(N, L, D*H_out)`` or a
+          PackedSequence, the last layer's h at every step.
+        - **h_n**, **c_n**: final states, shaped like h_0 and c_0; for packed input, each
+          sequence's own last valid step.
+
+    Attributes:
+        weight_ih_l{k}: ``(4*H_cell, H_in)`` for k = 0, else ``(4*H_cell, D*H_out)``.
+        weight_hh_l{k}: ``(4*H_cell, H_out)``.
+        bias_ih_l{k}, bias_hh_l{k}: ``(4*H_cell,)``, if ``bias``.
+        weight_hr_l{k}: ``(H_out, H_cell)``, if ``proj_size > 0``.
+        Each with a ``_reverse`` twin when bidirectional. All drawn from U(-1/sqrt(H_cell),
+        1/sqrt(H_cell)).
+
+    Example:
+        >>> import torch
+        >>> from handlstm import HandLSTM
+        >>> lstm = HandLSTM(10, 20, num_layers=2)
+        >>> x = torch.randn(5, 3, 10)                       # (L, N, H_in)
+        >>> output, (h_n, c_n) = lstm(x)
+        >>> output.shape, h_n.shape, c_n.shape              # (L, N, H_out), (2, N, H_out) x 2
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dropout = _checks.check_lstm_args(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size,
+        )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self._all_weights: list[list[str]] = []
+        self._flat_weights_names: list[str] = []
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        for layer, direction in self._layers_and_directions():
+            names = self._param_names(layer, direction)
+            for name in names:
+                shape = self._param_shape(name.split("_l")[0], layer)
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+            self._all_weights.append(names)
+            self._flat_weights_names.extend(names)
+        self.reset_parameters()
+
+    # -- structure ------------------------------------------------------------------------------
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """H_out: ``proj_size`` if it is > 0, else ``hidden_size``."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    def _layers_and_directions(self) -> Iterator[tuple[int, int]]:
+        """The one (layer, direction) iterator, in nn.LSTM's parameter order."""
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                yield layer, direction
+
+    def _param_names(self, layer: int, direction: int) -> list[str]:
+        kinds = ["weight_ih", "weight_hh"]
+        if self.bias:
+            kinds += ["bias_ih", "bias_hh"]
+        if self.proj_size > 0:
+            kinds.append("weight_hr")
+        suffix = "_reverse" if direction == 1 else ""
+        return [f"{kind}_l{layer}{suffix}" for kind in kinds]
+
+    def _param_shape(self, kind: str, layer: int) -> tuple[int, ...]:
+        gate_size = 4 * self.hidden_size
+        layer_input = self.input_size if layer == 0 else self.output_size * self.num_directions
+        return {
+            "weight_ih": (gate_size, layer_input),
+            "weight_hh": (gate_size, self.output_size),
+            "bias_ih": (gate_size,),
+            "bias_hh": (gate_size,),
+            "weight_hr": (self.proj_size, self.hidden_size),
+        }[kind]
+
+    def _direction_weights(self, layer: int, direction: int) -> list[Tensor | None]:
+        """``[weight_ih, weight_hh, bias_ih, bias_hh, weight_hr]``, None where absent.
+
+        Read through ``getattr`` at every call, so ``torch.func.functional_call`` and swapped
+        Parameters are seen.
+        """
+        suffix = "_reverse" if direction == 1 else ""
+        return [getattr(self, f"{kind}_l{layer}{suffix}", None) for kind in _STATE_NAMES]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Parameters grouped per (layer, direction), as ``nn.LSTM.all_weights``."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written against nn.LSTM (there is no cuDNN weight buffer)."""
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from U(-1/sqrt(H_cell), 1/sqrt(H_cell)) in nn.LSTM's order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self._flat_weights:
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    # -- forward --------------------------------------------------------------------------------
+
+    @overload
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        _checks.check_input_rank(input)
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)  # (L, N, H_in) or (N, L, H_in)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)  # (L, N, H_in)
+        h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3)
+        _checks.check_sequence_length(x.size(0))
+        output, h_n, c_n = self._run_layers(x, None, h0, c0)  # (L, N, D*H_out)
+        if not batched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)  # (N, L, D*H_out)
+        return output, (h_n, c_n)
+
+    def _forward_packed(
+        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        _checks.check_input(data, 2, self.input_size, self._flat_weights[0].dtype)
+        sizes = _checks.check_batch_sizes(batch_sizes, data.size(0))
+        h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
+        if sorted_indices is not None:
+            h0 = h0.index_select(1, sorted_indices)
+            c0 = c0.index_select(1, sorted_indices)
+        output, h_n, c_n = self._run_layers(data, sizes, h0, c0)  # (sum(B_t), D*H_out)
+        if unsorted_indices is not None:
+            h_n = h_n.index_select(1, unsorted_indices)
+            c_n = c_n.index_select(1, unsorted_indices)
+        packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        return packed, (h_n, c_n)
+
+    def _initial_state(
+        self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int
+    ) -> tuple[Tensor, Tensor]:
+        """Validate ``hx`` and ``x`` in nn.LSTM's order; zeros when ``hx`` is None.
+
+        Returns ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
+        ``(D*num_layers, N, H_cell)``.
+        """
+        if hx is not None:
+            h0, c0 = _checks.check_hx_pair(hx)
+            _checks.check_hx_rank((h0, c0), batched)
+            if not batched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        _checks.check_input(x, input_dim, self.input_size, self._flat_weights[0].dtype)
+        states = self.num_layers * self.num_directions
+        expected_h = (states, batch, self.output_size)
+        expected_c = (states, batch, self.hidden_size)
+        if hx is None:
+            h0 = x.new_zeros(expected_h)
+            c0 = x.new_zeros(expected_c)
+            return h0, c0
+        _checks.check_hidden_size(h0, expected_h, 0)
+        _checks.check_hidden_size(c0, expected_c, 1)
+        _checks.check_hx_dtype(h0, x.dtype)
+        return h0, c0
+
+    def _run_layers(
+        self, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer and direction over the time-major (or packed) input.
+
+        Args:
+            x: ``(L, N, H_in)`` or packed ``(sum(B_t), H_in)``.
+            batch_sizes: packed batch sizes or None.
+            h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
+
+        Returns:
+            ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
+            features, and the stacked final states.
+        """
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        outputs: list[Tensor] = []
+        layer_input = x
+        for layer, direction in self._layers_and_directions():
+            index = layer * self.num_directions + direction
+            out, h, c = run_direction(
+                layer_input, batch_sizes, h0[index], c0[index],
+                *self._direction_weights(layer, direction), reverse=direction == 1,
+            )
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+            if direction == self.num_directions - 1:
+                layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+                outputs = []
+                if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                    layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, torch.stack(h_n, 0), torch.stack(c_n, 0)
