@@ -184,3 +184,60 @@ def check_batch_sizes(batch_sizes: Tensor, total: int) -> list[int]:
             f"PackedSequence batch_sizes sum to {sum(sizes)} but its data has {total} rows"
         )
     return sizes
+
+
+def check_cell_args(input_size: Any, hidden_size: Any, bias: Any) -> None:
+    """Validate HandLSTMCell's constructor arguments like nn.LSTMCell (TypeError/ValueError)."""
+    check_int("input_size", input_size, 0)
+    check_int("hidden_size", hidden_size, 0)
+    if not isinstance(bias, bool | int):
+        raise TypeError(f"bias should be of type bool, got: {_type_name(bias)}")
+
+
+def check_cell_forward(
+    input: Tensor, hx: Any, input_size: int, hidden_size: int, weight_dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """Validate an LSTMCell call in nn.LSTMCell's order; returns ``(h_0, c_0)`` or Nones."""
+    if input.dim() not in (1, 2):
+        raise ValueError(
+            f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead: pass "
+            "(N, H_in) or unbatched (H_in,)"
+        )
+    h0 = c0 = None
+    if hx is not None:
+        h0, c0 = check_hx_pair(hx)
+        for index, value in enumerate((h0, c0)):
+            if value.dim() not in (1, 2):
+                raise ValueError(
+                    f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got {value.dim()}D instead"
+                )
+    if input.size(-1) != input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(-1)} expected {input_size}"
+        )
+    for index, value in enumerate((h0, c0)):
+        if value is None:
+            continue
+        if value.dim() != input.dim():
+            raise RuntimeError(
+                f"LSTMCell: Expected hx[{index}] to be {input.dim()}D like the input, "
+                f"got {value.dim()}D"
+            )
+        if input.dim() == 2 and value.size(0) != input.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden{index} batch size "
+                f"{value.size(0)}"
+            )
+        if value.size(-1) != hidden_size:
+            raise RuntimeError(
+                f"hidden{index} has inconsistent hidden_size: got {value.size(-1)}, "
+                f"expected {hidden_size}"
+            )
+    if input.dtype != weight_dtype or (h0 is not None and h0.dtype != weight_dtype):
+        if not torch.is_autocast_enabled(input.device.type):
+            got = input.dtype if input.dtype != weight_dtype else h0.dtype  # type: ignore[union-attr]
+            raise RuntimeError(
+                f"LSTMCell expected input and hidden states of dtype {weight_dtype} (the "
+                f"weights'), got {got}: convert the input or call model.to({got})"
+            )
+    return h0, c0

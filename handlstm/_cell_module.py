@@ -1,0 +1,103 @@
+"""HandLSTMCell: nn.LSTMCell's parameters and forward contract over the shared cell math."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _checks
+from ._cell import lstm_step
+
+
+class HandLSTMCell(nn.Module):
+    r"""One LSTM step written from the gate equations: an exact drop-in for ``nn.LSTMCell``.
+
+    Shapes: N batch, H_in = ``input_size``, H = ``hidden_size``.
+
+    Args:
+        input_size: H_in, features of the input.
+        hidden_size: H, features of h and c.
+        bias: use ``bias_ih`` and ``bias_hh``. Default True.
+        device, dtype: where and in what type the parameters are created.
+
+    Inputs: input, (h_0, c_0)
+        - **input**: ``(N, H_in)`` or unbatched ``(H_in,)``.
+        - **h_0**, **c_0**: ``(N, H)`` or ``(H,)``; zeros when omitted.
+
+    Outputs: (h_1, c_1)
+        - **h_1**, **c_1**: ``(N, H)`` or ``(H,)``.
+
+    Attributes:
+        weight_ih: ``(4*H, H_in)``; weight_hh: ``(4*H, H)``; bias_ih, bias_hh: ``(4*H,)``
+        (None without bias). All drawn from U(-1/sqrt(H), 1/sqrt(H)) in that order.
+
+    Example:
+        >>> import torch
+        >>> from handlstm import HandLSTMCell
+        >>> cell = HandLSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))                 # (N, H_in) -> (N, H) x 2
+        >>> h.shape, c.shape
+        (torch.Size([3, 20]), torch.Size([3, 20]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _checks.check_cell_args(input_size, hidden_size, bias)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)) in nn.LSTMCell's order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            if weight is not None:
+                nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        return s
+
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        h0, c0 = _checks.check_cell_forward(
+            input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype
+        )
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)  # (N, H_in)
+        if h0 is None or c0 is None:
+            h0 = c0 = x.new_zeros(x.size(0), self.hidden_size)  # (N, H)
+        elif not batched:
+            h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+        bias = None
+        if self.bias_ih is not None and self.bias_hh is not None:
+            bias = self.bias_ih + self.bias_hh  # (4*H,)
+        gates_x = F.linear(x, self.weight_ih, bias)  # (N, 4*H)
+        h1, c1 = lstm_step(gates_x, h0, c0, self.weight_hh, None)
+        if not batched:
+            return h1.squeeze(0), c1.squeeze(0)
+        return h1, c1

@@ -1,0 +1,227 @@
+"""Run two recurrent modules on the same input and compare every output and every gradient.
+
+Shared by :mod:`handlstm.testing` (``assert_lstm_close``) and the ``handlstm check`` command;
+needs nothing but torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+LSTMInput = Tensor | PackedSequence
+HX = tuple[Tensor, Tensor] | Tensor | None
+
+# (rtol, atol) per dtype: float64 to rounding, float32 to a few ulps of a long sum.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+
+def tolerances(dtype: torch.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` used for ``dtype`` (float32's for unknown dtypes)."""
+    return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How one named tensor of the actual module differs from the expected one."""
+
+    name: str
+    max_abs: float
+    where: tuple[int, ...] | None
+    actual: float | None
+    expected: float | None
+    ok: bool
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.reason:
+            return f"{self.name}: {self.reason}"
+        return (
+            f"{self.name}: max abs difference {self.max_abs:.3g} at index {self.where} "
+            f"(actual {self.actual!r}, expected {self.expected!r})"
+        )
+
+
+def _clone_input(input: LSTMInput, grad: bool) -> tuple[LSTMInput, Tensor]:
+    """A fresh leaf copy of ``input`` and the tensor whose gradient is the input's gradient."""
+    if isinstance(input, PackedSequence):
+        data = input.data.detach().clone().requires_grad_(grad)
+        return PackedSequence(data, input.batch_sizes, input.sorted_indices,
+                              input.unsorted_indices), data
+    x = input.detach().clone().requires_grad_(grad)
+    return x, x
+
+
+def _as_pair(hx: Any) -> tuple[Tensor, ...]:
+    if hx is None:
+        return ()
+    return tuple(hx) if isinstance(hx, tuple | list) else (hx,)
+
+
+def run_with_grads(
+    module: nn.Module, input: LSTMInput, hx: HX = None, seed: int = 0, grad: bool = True
+) -> dict[str, Tensor]:
+    """Run ``module(input, hx)`` and, with ``grad``, backpropagate a random projection of its
+    outputs; return every named result.
+
+    Names: ``output``, then ``h_n``/``c_n`` (or ``h_n`` for a cell returning one tensor pair),
+    then ``grad.input``, ``grad.hx[i]``, and ``grad.<parameter name>`` for every parameter that
+    requires grad. The projection weights come from a generator seeded with ``seed``, so two
+    modules run with the same seed get the same loss function.
+    """
+    x, x_leaf = _clone_input(input, grad and input_is_float(input))
+    states = tuple(s.detach().clone().requires_grad_(grad and s.is_floating_point())
+                   for s in _as_pair(hx))
+    hx_arg: Any = None if hx is None else (states if isinstance(hx, tuple | list) else states[0])
+    result = module(x) if hx is None else module(x, hx_arg)
+    named = _name_outputs(result)
+    out: dict[str, Tensor] = {k: v.detach() for k, v in named.items()}
+    if not grad:
+        return out
+    generator = torch.Generator().manual_seed(seed)
+    loss = sum(
+        (value * torch.randn(value.shape, generator=generator, dtype=torch.float64)
+         .to(value.dtype).to(value.device)).sum()
+        for value in named.values()
+    )
+    inputs = [x_leaf, *states] if x_leaf.requires_grad else list(states)
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    wrt = inputs + [p for _, p in params]
+    if not wrt:
+        return out
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    names = (["input"] if x_leaf.requires_grad else []) + [f"hx[{i}]" for i in range(len(states))]
+    names += [n for n, _ in params]
+    for name, g, t in zip(names, grads, wrt, strict=True):
+        out[f"grad.{name}"] = torch.zeros_like(t) if g is None else g
+    return out
+
+
+def input_is_float(input: LSTMInput) -> bool:
+    data = input.data if isinstance(input, PackedSequence) else input
+    return data.is_floating_point()
+
+
+def _name_outputs(result: Any) -> dict[str, Tensor]:
+    """Name an LSTM's ``(output, (h_n, c_n))`` or a cell's ``(h, c)``."""
+    if (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], tuple)):
+        output, (h_n, c_n) = result
+        data = output.data if isinstance(output, PackedSequence) else output
+        return {"output": data, "h_n": h_n, "c_n": c_n}
+    if isinstance(result, tuple) and len(result) == 2:
+        return {"h": result[0], "c": result[1]}
+    raise TypeError(f"cannot name the outputs of a module returning {type(result).__name__}")
+
+
+def compare_results(
+    actual: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    rtol: float,
+    atol: float,
+) -> list[Difference]:
+    """One :class:`Difference` per name in either dict, in ``expected``'s order."""
+    diffs = []
+    for name in list(expected) + [n for n in actual if n not in expected]:
+        if name not in actual or name not in expected:
+            side = "actual" if name not in actual else "expected"
+            diffs.append(Difference(name, float("inf"), None, None, None, False,
+                                    f"missing from the {side} module's results"))
+            continue
+        a, e = actual[name], expected[name]
+        if a.shape != e.shape:
+            diffs.append(Difference(name, float("inf"), None, None, None, False,
+                                    f"shape {tuple(a.shape)} != expected {tuple(e.shape)}"))
+            continue
+        diffs.append(_compare_tensor(name, a, e, rtol, atol))
+    return diffs
+
+
+def _compare_tensor(name: str, a: Tensor, e: Tensor, rtol: float, atol: float) -> Difference:
+    a64, e64 = a.detach().double().cpu(), e.detach().double().cpu()
+    if a64.numel() == 0:
+        return Difference(name, 0.0, None, None, None, True)
+    same_nan = torch.isnan(a64) == torch.isnan(e64)
+    diff = (a64 - e64).abs()
+    # Equal infinities and NaN in the same places count as equal.
+    diff = torch.where(torch.isnan(a64) & torch.isnan(e64), torch.zeros_like(diff), diff)
+    diff = torch.where(a64 == e64, torch.zeros_like(diff), diff)
+    diff = torch.where(same_nan, diff, torch.full_like(diff, float("inf")))
+    diff = torch.nan_to_num(diff, nan=float("inf"))
+    bad = diff > atol + rtol * e64.abs().nan_to_num(0.0)
+    flat = int(torch.argmax(diff))
+    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a64.shape))
+    return Difference(name, float(diff.max()), where, float(a64[where]), float(e64[where]),
+                      not bool(bad.any()))
+
+
+def compare_modules(
+    actual: nn.Module,
+    expected: nn.Module,
+    input: LSTMInput,
+    hx: HX = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grad: bool = True,
+    seed: int = 0,
+    run: Callable[..., dict[str, Tensor]] = run_with_grads,
+) -> list[Difference]:
+    """Run both modules on copies of the same input and compare everything they produce."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    default_rtol, default_atol = tolerances(data.dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    return compare_results(run(actual, input, hx, seed, grad),
+                           run(expected, input, hx, seed, grad), rtol, atol)
+
+
+def assert_lstm_close(
+    actual: nn.Module,
+    expected: nn.Module,
+    input: LSTMInput,
+    hx: HX = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    check_grad: bool = True,
+    seed: int = 0,
+) -> None:
+    """Assert two recurrent modules agree on outputs, final states and every gradient.
+
+    Both modules run on fresh copies of ``input`` and ``hx`` (the caller's tensors are not
+    touched); a random projection of all outputs is backpropagated and the gradients with
+    respect to the input, each initial state and every parameter (matched by name) compared.
+    Tolerances default by dtype: 1e-10 for float64, 1e-5 for float32.
+
+    Works for LSTMs (``(output, (h_n, c_n))``) and cells (``(h, c)``). Modules with dropout
+    must be in eval mode or have ``dropout=0``.
+
+    Raises:
+        AssertionError: naming each tensor that differs, the index of the largest difference,
+            and both values there.
+
+    Example:
+        >>> import torch
+        >>> from handlstm import HandLSTM
+        >>> from handlstm.testing import assert_lstm_close
+        >>> ref = torch.nn.LSTM(3, 4).double()
+        >>> mine = HandLSTM(3, 4).double()
+        >>> _ = mine.load_state_dict(ref.state_dict())
+        >>> assert_lstm_close(mine, ref, torch.randn(5, 2, 3, dtype=torch.float64))
+    """
+    diffs = compare_modules(actual, expected, input, hx, rtol=rtol, atol=atol,
+                            grad=check_grad, seed=seed)
+    failures = [d for d in diffs if not d.ok]
+    if failures:
+        lines = "\n  ".join(d.describe() for d in failures)
+        raise AssertionError(f"{len(failures)} of {len(diffs)} tensors differ:\n  {lines}")

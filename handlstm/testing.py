@@ -1,0 +1,208 @@
+"""Property-based testing toolkit for recurrent modules: hypothesis strategies and a comparator.
+
+Strategies draw an LSTM configuration together with inputs that fit it, so a test reads::
+
+    from hypothesis import given
+    from handlstm.testing import assert_lstm_close, lstm_cases
+
+    @given(lstm_cases())
+    def test_mine_matches_torch(case):
+        expected = case.make(torch.nn.LSTM)
+        actual = case.make(MyLSTM, state_dict=expected.state_dict())
+        assert_lstm_close(actual, expected, case.input, case.hx)
+
+Needs hypothesis (``pip install hypothesis``, or ``pip install "handlstm[test]"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from ._compare import Difference, assert_lstm_close, compare_modules, tolerances
+
+try:
+    from hypothesis import strategies as st
+except ImportError as error:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "handlstm.testing needs hypothesis, which is not installed. "
+        'Install it with: pip install hypothesis  (or: pip install "handlstm[test]")'
+    ) from error
+
+__all__ = [
+    "Difference",
+    "LSTMCase",
+    "CellCase",
+    "INPUT_KINDS",
+    "assert_lstm_close",
+    "compare_modules",
+    "lstm_configs",
+    "lstm_cases",
+    "cell_cases",
+    "make_input",
+    "tolerances",
+]
+
+INPUT_KINDS = ("dense", "unbatched", "packed_sorted", "packed_unsorted")
+
+
+@dataclass
+class LSTMCase:
+    """One drawn test case: an nn.LSTM configuration and an input (and maybe hx) that fit it."""
+
+    config: dict[str, Any]
+    input: Tensor | PackedSequence
+    hx: tuple[Tensor, Tensor] | None
+    kind: str
+    dtype: torch.dtype
+    lengths: list[int] = field(default_factory=list)
+
+    def make(self, cls: Callable[..., nn.Module] = nn.LSTM,
+             state_dict: dict[str, Tensor] | None = None, **extra: Any) -> nn.Module:
+        """Build ``cls(**config)`` in this case's dtype, loading ``state_dict`` if given."""
+        module = cls(**self.config, dtype=self.dtype, **extra)
+        if state_dict is not None:
+            module.load_state_dict(state_dict)
+        return module
+
+
+@dataclass
+class CellCase:
+    """An LSTMCell configuration and an input (and maybe hx) that fit it."""
+
+    config: dict[str, Any]
+    input: Tensor
+    hx: tuple[Tensor, Tensor] | None
+    batched: bool
+    dtype: torch.dtype
+
+    def make(self, cls: Callable[..., nn.Module] = nn.LSTMCell,
+             state_dict: dict[str, Tensor] | None = None, **extra: Any) -> nn.Module:
+        module = cls(**self.config, dtype=self.dtype, **extra)
+        if state_dict is not None:
+            module.load_state_dict(state_dict)
+        return module
+
+
+@st.composite
+def lstm_configs(
+    draw: st.DrawFn,
+    max_size: int = 9,
+    max_layers: int = 3,
+    dropout: bool = False,
+) -> dict[str, Any]:
+    """nn.LSTM constructor keyword arguments: every flag, sizes 1..``max_size``.
+
+    ``proj_size`` is drawn below ``hidden_size`` (0 when ``hidden_size`` is 1). With
+    ``dropout`` a dropout probability is drawn too (use eval mode to compare such modules).
+    """
+    hidden_size = draw(st.integers(1, max_size))
+    num_layers = draw(st.integers(1, max_layers))
+    return {
+        "input_size": draw(st.integers(1, max_size)),
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "bias": draw(st.booleans()),
+        "batch_first": draw(st.booleans()),
+        "dropout": draw(st.sampled_from([0.0, 0.3, 1.0])) if dropout and num_layers > 1 else 0.0,
+        "bidirectional": draw(st.booleans()),
+        "proj_size": draw(st.integers(0, hidden_size - 1)),
+    }
+
+
+def make_input(
+    config: dict[str, Any],
+    kind: str,
+    lengths: Sequence[int],
+    dtype: torch.dtype,
+    generator: torch.Generator,
+) -> Tensor | PackedSequence:
+    """A random input of ``kind`` (one of :data:`INPUT_KINDS`) for ``config``.
+
+    ``lengths`` are the batch's sequence lengths (one entry for ``unbatched``); dense input uses
+    their maximum for every sequence.
+    """
+    seq_len, batch = max(lengths), len(lengths)
+    size = config["input_size"]
+    data = torch.randn(seq_len, batch, size, generator=generator, dtype=torch.float64).to(dtype)
+    if kind == "unbatched":
+        return data[:, 0]
+    if kind == "dense":
+        return data.transpose(0, 1).contiguous() if config["batch_first"] else data
+    if kind in ("packed_sorted", "packed_unsorted"):
+        if kind == "packed_sorted":  # enforce_sorted=True: no sorted/unsorted indices
+            order = sorted(lengths, reverse=True)
+            return pack_padded_sequence(data, torch.tensor(order), enforce_sorted=True)
+        return pack_padded_sequence(data, torch.tensor(list(lengths)), enforce_sorted=False)
+    raise ValueError(f"unknown input kind {kind!r}; expected one of {INPUT_KINDS}")
+
+
+def _make_hx(config: dict[str, Any], batch: int | None, dtype: torch.dtype,
+             generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    states = config["num_layers"] * (2 if config["bidirectional"] else 1)
+    h_size = config["proj_size"] or config["hidden_size"]
+    lead = (states,) if batch is None else (states, batch)
+    h = torch.randn(*lead, h_size, generator=generator, dtype=torch.float64).to(dtype)
+    c = torch.randn(*lead, config["hidden_size"], generator=generator,
+                    dtype=torch.float64).to(dtype)
+    return h, c
+
+
+@st.composite
+def lstm_cases(
+    draw: st.DrawFn,
+    dtypes: Sequence[torch.dtype] = (torch.float64,),
+    kinds: Sequence[str] = INPUT_KINDS,
+    max_size: int = 9,
+    max_layers: int = 3,
+    max_len: int = 7,
+    max_batch: int = 5,
+    dropout: bool = False,
+) -> LSTMCase:
+    """A configuration from :func:`lstm_configs` with a matching input and optional hx."""
+    config = draw(lstm_configs(max_size=max_size, max_layers=max_layers, dropout=dropout))
+    kind = draw(st.sampled_from(list(kinds)))
+    dtype = draw(st.sampled_from(list(dtypes)))
+    batch = 1 if kind == "unbatched" else draw(st.integers(1, max_batch))
+    if kind.startswith("packed"):
+        lengths = draw(st.lists(st.integers(1, max_len), min_size=batch, max_size=batch))
+    else:
+        lengths = [draw(st.integers(1, max_len))] * batch
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    input = make_input(config, kind, lengths, dtype, generator)
+    hx = None
+    if draw(st.booleans()):
+        hx = _make_hx(config, None if kind == "unbatched" else batch, dtype, generator)
+    return LSTMCase(config, input, hx, kind, dtype, list(lengths))
+
+
+@st.composite
+def cell_cases(
+    draw: st.DrawFn,
+    dtypes: Sequence[torch.dtype] = (torch.float64,),
+    max_size: int = 9,
+    max_batch: int = 5,
+) -> CellCase:
+    """An nn.LSTMCell configuration with a matching batched or unbatched input and optional hx."""
+    config = {
+        "input_size": draw(st.integers(1, max_size)),
+        "hidden_size": draw(st.integers(1, max_size)),
+        "bias": draw(st.booleans()),
+    }
+    dtype = draw(st.sampled_from(list(dtypes)))
+    batched = draw(st.booleans())
+    batch = draw(st.integers(1, max_batch)) if batched else None
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    lead = (batch,) if batched else ()
+    x = torch.randn(*lead, config["input_size"], generator=generator,
+                    dtype=torch.float64).to(dtype)
+    hx = None
+    if draw(st.booleans()):
+        hx = tuple(torch.randn(*lead, config["hidden_size"], generator=generator,
+                               dtype=torch.float64).to(dtype) for _ in range(2))
+    return CellCase(config, x, hx, batched, dtype)  # type: ignore[arg-type]
