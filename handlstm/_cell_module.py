@@ -75,6 +75,26 @@ class HandLSTMCell(nn.Module):
             if weight is not None:
                 nn.init.uniform_(weight, -stdv, stdv)
 
+    # -- conversion (implemented in convert.py) ---------------------------------------------------
+
+    @classmethod
+    def from_torch(cls, module: nn.LSTMCell) -> HandLSTMCell:
+        """A HandLSTMCell equal to ``module``: same configuration, device, dtype, training flag,
+        ``requires_grad`` flags and (copied) parameter values."""
+        from .convert import cell_from_torch
+
+        return cell_from_torch(module, cls)
+
+    def to_torch(self) -> nn.LSTMCell:
+        """The ``nn.LSTMCell`` equal to this module (refused for variant options)."""
+        from .convert import cell_to_torch
+
+        return cell_to_torch(self)
+
+    def variant_options(self) -> dict[str, Any]:
+        """Options beyond ``nn.LSTMCell`` that are not at their neutral value (empty by default)."""
+        return {}
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.bias is not True:

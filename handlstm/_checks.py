@@ -40,13 +40,13 @@ def check_dropout(dropout: Any, num_layers: int) -> float:
     if (
         isinstance(dropout, bool)
         or not isinstance(dropout, numbers.Real)
-        or not 0 <= dropout <= 1
+        or not 0 <= float(dropout) <= 1
     ):
         raise ValueError(
             "dropout should be a number in range [0, 1] representing the probability of an "
             f"element being zeroed, got {dropout!r}"
         )
-    if dropout > 0 and num_layers == 1:
+    if float(dropout) > 0 and num_layers == 1:
         warnings.warn(
             "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
             f"expects num_layers greater than 1, but got dropout={dropout} and "
@@ -91,7 +91,9 @@ def check_lstm_args(
     return dropout_f
 
 
-def check_input(input: Tensor, expected_dim: int, input_size: int, weight_dtype: torch.dtype) -> None:
+def check_input(
+    input: Tensor, expected_dim: int, input_size: int, weight_dtype: torch.dtype
+) -> None:
     """Input dtype, rank and feature size, as nn.LSTM checks them.
 
     ``expected_dim`` is 3 for (possibly unsqueezed) dense input and 2 for packed data.
@@ -165,8 +167,7 @@ def check_hx_dtype(h0: Tensor, dtype: torch.dtype) -> None:
     """
     if h0.dtype != dtype and not torch.is_autocast_enabled(h0.device.type):
         raise RuntimeError(
-            f"Expected hidden[0] dtype {dtype} (the input's), got {h0.dtype}: "
-            f"pass h_0.to({dtype})"
+            f"Expected hidden[0] dtype {dtype} (the input's), got {h0.dtype}: pass h_0.to({dtype})"
         )
 
 
@@ -203,13 +204,14 @@ def check_cell_forward(
             f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead: pass "
             "(N, H_in) or unbatched (H_in,)"
         )
-    h0 = c0 = None
+    h0: Tensor | None = None
+    c0: Tensor | None = None
     if hx is not None:
         h0, c0 = check_hx_pair(hx)
-        for index, value in enumerate((h0, c0)):
-            if value.dim() not in (1, 2):
+        for index, state in enumerate((h0, c0)):
+            if state.dim() not in (1, 2):
                 raise ValueError(
-                    f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got {value.dim()}D instead"
+                    f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got {state.dim()}D instead"
                 )
     if input.size(-1) != input_size:
         raise RuntimeError(
@@ -233,11 +235,10 @@ def check_cell_forward(
                 f"hidden{index} has inconsistent hidden_size: got {value.size(-1)}, "
                 f"expected {hidden_size}"
             )
-    if input.dtype != weight_dtype or (h0 is not None and h0.dtype != weight_dtype):
-        if not torch.is_autocast_enabled(input.device.type):
-            got = input.dtype if input.dtype != weight_dtype else h0.dtype  # type: ignore[union-attr]
-            raise RuntimeError(
-                f"LSTMCell expected input and hidden states of dtype {weight_dtype} (the "
-                f"weights'), got {got}: convert the input or call model.to({got})"
-            )
+    mismatched = [t.dtype for t in (input, h0) if t is not None and t.dtype != weight_dtype]
+    if mismatched and not torch.is_autocast_enabled(input.device.type):
+        raise RuntimeError(
+            f"LSTMCell expected input and hidden states of dtype {weight_dtype} (the "
+            f"weights'), got {mismatched[0]}: convert the input or call model.to({mismatched[0]})"
+        )
     return h0, c0

@@ -56,8 +56,9 @@ def _clone_input(input: LSTMInput, grad: bool) -> tuple[LSTMInput, Tensor]:
     """A fresh leaf copy of ``input`` and the tensor whose gradient is the input's gradient."""
     if isinstance(input, PackedSequence):
         data = input.data.detach().clone().requires_grad_(grad)
-        return PackedSequence(data, input.batch_sizes, input.sorted_indices,
-                              input.unsorted_indices), data
+        return PackedSequence(
+            data, input.batch_sizes, input.sorted_indices, input.unsorted_indices
+        ), data
     x = input.detach().clone().requires_grad_(grad)
     return x, x
 
@@ -80,8 +81,9 @@ def run_with_grads(
     modules run with the same seed get the same loss function.
     """
     x, x_leaf = _clone_input(input, grad and input_is_float(input))
-    states = tuple(s.detach().clone().requires_grad_(grad and s.is_floating_point())
-                   for s in _as_pair(hx))
+    states = tuple(
+        s.detach().clone().requires_grad_(grad and s.is_floating_point()) for s in _as_pair(hx)
+    )
     hx_arg: Any = None if hx is None else (states if isinstance(hx, tuple | list) else states[0])
     result = module(x) if hx is None else module(x, hx_arg)
     named = _name_outputs(result)
@@ -90,8 +92,12 @@ def run_with_grads(
         return out
     generator = torch.Generator().manual_seed(seed)
     loss = sum(
-        (value * torch.randn(value.shape, generator=generator, dtype=torch.float64)
-         .to(value.dtype).to(value.device)).sum()
+        (
+            value
+            * torch.randn(value.shape, generator=generator, dtype=torch.float64)
+            .to(value.dtype)
+            .to(value.device)
+        ).sum()
         for value in named.values()
     )
     inputs = [x_leaf, *states] if x_leaf.requires_grad else list(states)
@@ -114,7 +120,7 @@ def input_is_float(input: LSTMInput) -> bool:
 
 def _name_outputs(result: Any) -> dict[str, Tensor]:
     """Name an LSTM's ``(output, (h_n, c_n))`` or a cell's ``(h, c)``."""
-    if (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], tuple)):
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], tuple):
         output, (h_n, c_n) = result
         data = output.data if isinstance(output, PackedSequence) else output
         return {"output": data, "h_n": h_n, "c_n": c_n}
@@ -134,13 +140,31 @@ def compare_results(
     for name in list(expected) + [n for n in actual if n not in expected]:
         if name not in actual or name not in expected:
             side = "actual" if name not in actual else "expected"
-            diffs.append(Difference(name, float("inf"), None, None, None, False,
-                                    f"missing from the {side} module's results"))
+            diffs.append(
+                Difference(
+                    name,
+                    float("inf"),
+                    None,
+                    None,
+                    None,
+                    False,
+                    f"missing from the {side} module's results",
+                )
+            )
             continue
         a, e = actual[name], expected[name]
         if a.shape != e.shape:
-            diffs.append(Difference(name, float("inf"), None, None, None, False,
-                                    f"shape {tuple(a.shape)} != expected {tuple(e.shape)}"))
+            diffs.append(
+                Difference(
+                    name,
+                    float("inf"),
+                    None,
+                    None,
+                    None,
+                    False,
+                    f"shape {tuple(a.shape)} != expected {tuple(e.shape)}",
+                )
+            )
             continue
         diffs.append(_compare_tensor(name, a, e, rtol, atol))
     return diffs
@@ -160,8 +184,9 @@ def _compare_tensor(name: str, a: Tensor, e: Tensor, rtol: float, atol: float) -
     bad = diff > atol + rtol * e64.abs().nan_to_num(0.0)
     flat = int(torch.argmax(diff))
     where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a64.shape))
-    return Difference(name, float(diff.max()), where, float(a64[where]), float(e64[where]),
-                      not bool(bad.any()))
+    return Difference(
+        name, float(diff.max()), where, float(a64[where]), float(e64[where]), not bool(bad.any())
+    )
 
 
 def compare_modules(
@@ -181,8 +206,9 @@ def compare_modules(
     default_rtol, default_atol = tolerances(data.dtype)
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    return compare_results(run(actual, input, hx, seed, grad),
-                           run(expected, input, hx, seed, grad), rtol, atol)
+    return compare_results(
+        run(actual, input, hx, seed, grad), run(expected, input, hx, seed, grad), rtol, atol
+    )
 
 
 def assert_lstm_close(
@@ -219,8 +245,9 @@ def assert_lstm_close(
         >>> _ = mine.load_state_dict(ref.state_dict())
         >>> assert_lstm_close(mine, ref, torch.randn(5, 2, 3, dtype=torch.float64))
     """
-    diffs = compare_modules(actual, expected, input, hx, rtol=rtol, atol=atol,
-                            grad=check_grad, seed=seed)
+    diffs = compare_modules(
+        actual, expected, input, hx, rtol=rtol, atol=atol, grad=check_grad, seed=seed
+    )
     failures = [d for d in diffs if not d.ok]
     if failures:
         lines = "\n  ".join(d.describe() for d in failures)

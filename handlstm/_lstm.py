@@ -12,9 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks
-from ._scan import run_direction
-
-_STATE_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+from ._scan import DirectionWeights, run_direction
 
 
 class HandLSTM(nn.Module):
@@ -91,7 +89,13 @@ class HandLSTM(nn.Module):
     ) -> None:
         super().__init__()
         self.dropout = _checks.check_lstm_args(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
             proj_size,
         )
         self.input_size = input_size
@@ -150,14 +154,17 @@ class HandLSTM(nn.Module):
             "weight_hr": (self.proj_size, self.hidden_size),
         }[kind]
 
-    def _direction_weights(self, layer: int, direction: int) -> list[Tensor | None]:
-        """``[weight_ih, weight_hh, bias_ih, bias_hh, weight_hr]``, None where absent.
+    def _direction_weights(self, layer: int, direction: int) -> DirectionWeights:
+        """This layer's and direction's parameters, None where absent.
 
         Read through ``getattr`` at every call, so ``torch.func.functional_call`` and swapped
         Parameters are seen.
         """
         suffix = "_reverse" if direction == 1 else ""
-        return [getattr(self, f"{kind}_l{layer}{suffix}", None) for kind in _STATE_NAMES]
+        found = [
+            getattr(self, f"{kind}_l{layer}{suffix}", None) for kind in DirectionWeights._fields
+        ]
+        return DirectionWeights(*found)  # type: ignore[arg-type]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -176,6 +183,26 @@ class HandLSTM(nn.Module):
         stdv = 1.0 / math.sqrt(self.hidden_size)
         for weight in self._flat_weights:
             nn.init.uniform_(weight, -stdv, stdv)
+
+    # -- conversion (implemented in convert.py) ---------------------------------------------------
+
+    @classmethod
+    def from_torch(cls, module: nn.LSTM) -> HandLSTM:
+        """A HandLSTM equal to ``module``: same configuration, device, dtype, training flag,
+        ``requires_grad`` flags and (copied) parameter values."""
+        from .convert import lstm_from_torch
+
+        return lstm_from_torch(module, cls)
+
+    def to_torch(self) -> nn.LSTM:
+        """The ``nn.LSTM`` equal to this module (refused for variant options)."""
+        from .convert import lstm_to_torch
+
+        return lstm_to_torch(self)
+
+    def variant_options(self) -> dict[str, Any]:
+        """Options beyond ``nn.LSTM`` that are not at their neutral value (empty by default)."""
+        return {}
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -288,8 +315,12 @@ class HandLSTM(nn.Module):
         for layer, direction in self._layers_and_directions():
             index = layer * self.num_directions + direction
             out, h, c = run_direction(
-                layer_input, batch_sizes, h0[index], c0[index],
-                *self._direction_weights(layer, direction), reverse=direction == 1,
+                layer_input,
+                batch_sizes,
+                h0[index],
+                c0[index],
+                self._direction_weights(layer, direction),
+                reverse=direction == 1,
             )
             outputs.append(out)
             h_n.append(h)

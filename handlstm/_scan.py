@@ -16,12 +16,23 @@ Shapes: L sequence, N batch, H_in input size, H_cell hidden size, H_out output s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._cell import lstm_step
+
+
+class DirectionWeights(NamedTuple):
+    """One layer's and direction's parameters under nn.LSTM's meaning (None where absent)."""
+
+    weight_ih: Tensor  # (4*H_cell, H_in)
+    weight_hh: Tensor  # (4*H_cell, H_out)
+    bias_ih: Tensor | None  # (4*H_cell,)
+    bias_hh: Tensor | None  # (4*H_cell,)
+    weight_hr: Tensor | None  # (H_out, H_cell)
 
 
 def input_gates(x: Tensor, weight_ih: Tensor, bias: Tensor | None) -> Tensor:
@@ -97,11 +108,7 @@ def run_direction(
     batch_sizes: Sequence[int] | None,
     h0: Tensor,
     c0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None,
-    bias_hh: Tensor | None,
-    weight_hr: Tensor | None,
+    weights: DirectionWeights,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer: the input GEMM for the whole sequence, then the time loop.
@@ -110,15 +117,14 @@ def run_direction(
         x: ``(L, N, H_in)`` dense or ``(sum(batch_sizes), H_in)`` packed.
         batch_sizes: None for dense input, else the packed batch size of each step.
         h0, c0: initial states ``(N, H_out)`` and ``(N, H_cell)``.
-        weight_ih, weight_hh, bias_ih, bias_hh, weight_hr: this layer's and direction's
-            parameters under nn.LSTM's meaning (biases and ``weight_hr`` may be None).
+        weights: this layer's and direction's parameters.
         reverse: run from the last step to the first.
 
     Returns:
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
     bias = None
-    if bias_ih is not None and bias_hh is not None:
-        bias = bias_ih + bias_hh  # (4*H_cell,)
-    gates_x = input_gates(x, weight_ih, bias)
-    return scan(gates_x, batch_sizes, h0, c0, weight_hh, weight_hr, reverse)
+    if weights.bias_ih is not None and weights.bias_hh is not None:
+        bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
+    gates_x = input_gates(x, weights.weight_ih, bias)
+    return scan(gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse)

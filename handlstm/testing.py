@@ -62,8 +62,12 @@ class LSTMCase:
     dtype: torch.dtype
     lengths: list[int] = field(default_factory=list)
 
-    def make(self, cls: Callable[..., nn.Module] = nn.LSTM,
-             state_dict: dict[str, Tensor] | None = None, **extra: Any) -> nn.Module:
+    def make(
+        self,
+        cls: Callable[..., nn.Module] = nn.LSTM,
+        state_dict: dict[str, Tensor] | None = None,
+        **extra: Any,
+    ) -> nn.Module:
         """Build ``cls(**config)`` in this case's dtype, loading ``state_dict`` if given."""
         module = cls(**self.config, dtype=self.dtype, **extra)
         if state_dict is not None:
@@ -81,8 +85,12 @@ class CellCase:
     batched: bool
     dtype: torch.dtype
 
-    def make(self, cls: Callable[..., nn.Module] = nn.LSTMCell,
-             state_dict: dict[str, Tensor] | None = None, **extra: Any) -> nn.Module:
+    def make(
+        self,
+        cls: Callable[..., nn.Module] = nn.LSTMCell,
+        state_dict: dict[str, Tensor] | None = None,
+        **extra: Any,
+    ) -> nn.Module:
         module = cls(**self.config, dtype=self.dtype, **extra)
         if state_dict is not None:
             module.load_state_dict(state_dict)
@@ -142,14 +150,16 @@ def make_input(
     raise ValueError(f"unknown input kind {kind!r}; expected one of {INPUT_KINDS}")
 
 
-def _make_hx(config: dict[str, Any], batch: int | None, dtype: torch.dtype,
-             generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def _make_hx(
+    config: dict[str, Any], batch: int | None, dtype: torch.dtype, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     states = config["num_layers"] * (2 if config["bidirectional"] else 1)
     h_size = config["proj_size"] or config["hidden_size"]
     lead = (states,) if batch is None else (states, batch)
     h = torch.randn(*lead, h_size, generator=generator, dtype=torch.float64).to(dtype)
-    c = torch.randn(*lead, config["hidden_size"], generator=generator,
-                    dtype=torch.float64).to(dtype)
+    c = torch.randn(*lead, config["hidden_size"], generator=generator, dtype=torch.float64).to(
+        dtype
+    )
     return h, c
 
 
@@ -199,10 +209,13 @@ def cell_cases(
     batch = draw(st.integers(1, max_batch)) if batched else None
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     lead = (batch,) if batched else ()
-    x = torch.randn(*lead, config["input_size"], generator=generator,
-                    dtype=torch.float64).to(dtype)
+    x = torch.randn(*lead, config["input_size"], generator=generator, dtype=torch.float64).to(dtype)
     hx = None
     if draw(st.booleans()):
-        hx = tuple(torch.randn(*lead, config["hidden_size"], generator=generator,
-                               dtype=torch.float64).to(dtype) for _ in range(2))
+        hx = tuple(
+            torch.randn(*lead, config["hidden_size"], generator=generator, dtype=torch.float64).to(
+                dtype
+            )
+            for _ in range(2)
+        )
     return CellCase(config, x, hx, batched, dtype)  # type: ignore[arg-type]
