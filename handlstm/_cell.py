@@ -8,29 +8,131 @@ Shapes: N batch, H_cell hidden (cell) size, H_out output size (``proj_size`` or 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._options import LAYER_NORM_EPS
 
-def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Apply the gate nonlinearities and the cell update for one step.
+
+class CellVariant(NamedTuple):
+    """What a variant changes in one step, resolved to tensors for one layer and direction.
+
+    The defaults are nn.LSTM's step. Built by :mod:`handlstm._variants` from the options object.
+    """
+
+    gate_activation: Callable[[Tensor], Tensor] = torch.sigmoid
+    cell_activation: Callable[[Tensor], Tensor] = torch.tanh
+    peephole_i: Tensor | None = None  # (H_cell,) from c_{t-1} into i
+    peephole_f: Tensor | None = None  # (H_cell,) from c_{t-1} into f
+    peephole_o: Tensor | None = None  # (H_cell,) from c_t into o
+    ln_hh: Tensor | None = None  # (4*H_cell,) gain of the recurrent layer norm
+    ln_c_weight: Tensor | None = None  # (H_cell,) gain of the cell layer norm
+    ln_c_bias: Tensor | None = None  # (H_cell,) shift of the cell layer norm
+    cell_clip: float | None = None
+    proj_clip: float | None = None
+    zoneout_h: float = 0.0  # used as the expectation when no zoneout mask is given (eval)
+    zoneout_c: float = 0.0
+
+
+class StepNoise(NamedTuple):
+    """The random masks of one step (None where the option is off or in eval mode)."""
+
+    h_mask: Tensor | None = None  # (N, H_out) recurrent dropout, scaled by 1/(1-p)
+    zone_h: Tensor | None = None  # (N, H_out) 1 = keep the previous h
+    zone_c: Tensor | None = None  # (N, H_cell) 1 = keep the previous c
+
+    def rows(self, active: int) -> StepNoise:
+        """The masks of the first ``active`` rows (packed steps)."""
+        return StepNoise(*(None if m is None else m[:active] for m in self))
+
+
+DEFAULT_VARIANT = CellVariant()
+NO_NOISE = StepNoise()
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Normalise the last dimension to zero mean and unit variance, then ``* weight + bias``."""
+    return F.layer_norm(x, x.shape[-1:], weight, bias, LAYER_NORM_EPS)
+
+
+def _zoneout(previous: Tensor, new: Tensor, mask: Tensor | None, p: float) -> Tensor:
+    """Keep ``previous`` where ``mask`` is 1 (training) or mix by the expectation ``p`` (eval)."""
+    if mask is not None:
+        return torch.lerp(new, previous, mask)
+    if p > 0:
+        return torch.lerp(new, previous, p)
+    return new
+
+
+def cell_update(
+    gates: Tensor, c: Tensor, variant: CellVariant = DEFAULT_VARIANT
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Apply the gate nonlinearities and the cell update for one step (the only copy).
 
     Args:
         gates: pre-activations ``W_ih x + b_ih + W_hh h + b_hh``, shape ``(N, 4*H_cell)``.
         c: previous cell state, shape ``(N, H_cell)``.
+        variant: peepholes, activations, cell clipping and the cell layer norm.
 
     Returns:
-        ``(h, c_next)``: the unprojected hidden state and the new cell state, both ``(N, H_cell)``.
+        ``(h, c_next, (i, f, g, o))``: the unprojected hidden state and the new cell state, both
+        ``(N, H_cell)``, and the four gate activations.
     """
+    v = variant
     ingate, forgetgate, cellgate, outgate = gates.chunk(4, -1)  # 4 x (N, H_cell)
-    ingate = torch.sigmoid(ingate)
-    forgetgate = torch.sigmoid(forgetgate)
-    cellgate = torch.tanh(cellgate)
-    outgate = torch.sigmoid(outgate)
+    if v.peephole_i is not None and v.peephole_f is not None:
+        ingate = ingate + v.peephole_i * c
+        forgetgate = forgetgate + v.peephole_f * c
+    ingate = v.gate_activation(ingate)
+    forgetgate = v.gate_activation(forgetgate)
+    cellgate = v.cell_activation(cellgate)
     c_next = forgetgate * c + ingate * cellgate  # (N, H_cell)
-    h = outgate * torch.tanh(c_next)  # (N, H_cell)
+    if v.cell_clip is not None:
+        c_next = c_next.clamp(-v.cell_clip, v.cell_clip)
+    if v.peephole_o is not None:
+        outgate = outgate + v.peephole_o * c_next
+    outgate = v.gate_activation(outgate)
+    c_out = c_next
+    if v.ln_c_weight is not None:
+        c_out = layer_norm(c_next, v.ln_c_weight, v.ln_c_bias)
+    h = outgate * v.cell_activation(c_out)  # (N, H_cell)
+    return h, c_next, (ingate, forgetgate, cellgate, outgate)
+
+
+def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """nn.LSTM's gate nonlinearities and cell update: ``(gates, c) -> (h, c_next)``."""
+    h, c_next, _ = cell_update(gates, c)
     return h, c_next
+
+
+def lstm_step_gates(
+    gates_x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    weight_hh: Tensor,
+    weight_hr: Tensor | None,
+    variant: CellVariant = DEFAULT_VARIANT,
+    noise: StepNoise = NO_NOISE,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """One full LSTM step, also returning the gate activations (see :func:`lstm_step`)."""
+    v = variant
+    h_in = h if noise.h_mask is None else h * noise.h_mask  # (N, H_out)
+    recurrent = F.linear(h_in, weight_hh)  # (N, 4*H_cell)
+    if v.ln_hh is not None:
+        recurrent = layer_norm(recurrent, v.ln_hh, None)
+    gates = gates_x + recurrent  # (N, 4*H_cell)
+    h_next, c_next, acts = cell_update(gates, c, v)
+    if weight_hr is not None:
+        h_next = F.linear(h_next, weight_hr)  # (N, H_out)
+        if v.proj_clip is not None:
+            h_next = h_next.clamp(-v.proj_clip, v.proj_clip)
+    h_next = _zoneout(h, h_next, noise.zone_h, v.zoneout_h)
+    c_next = _zoneout(c, c_next, noise.zone_c, v.zoneout_c)
+    return h_next, c_next, acts
 
 
 def lstm_step(
@@ -39,21 +141,23 @@ def lstm_step(
     c: Tensor,
     weight_hh: Tensor,
     weight_hr: Tensor | None,
+    variant: CellVariant = DEFAULT_VARIANT,
+    noise: StepNoise = NO_NOISE,
 ) -> tuple[Tensor, Tensor]:
     """One full LSTM step given the input's share of the gates.
 
     Args:
-        gates_x: ``W_ih x + b_ih + b_hh`` for this step, shape ``(N, 4*H_cell)``.
+        gates_x: ``W_ih x + b_ih + b_hh`` for this step (layer-normalised first with
+            ``layer_norm``), shape ``(N, 4*H_cell)``.
         h: previous hidden state, shape ``(N, H_out)``.
         c: previous cell state, shape ``(N, H_cell)``.
         weight_hh: recurrent weights, shape ``(4*H_cell, H_out)``.
         weight_hr: projection weights ``(H_out, H_cell)``, or None without projection.
+        variant: the variant's per-step parameters; the default is nn.LSTM's step.
+        noise: this step's random masks (recurrent dropout, zoneout).
 
     Returns:
         ``(h_next, c_next)`` with shapes ``(N, H_out)`` and ``(N, H_cell)``.
     """
-    gates = gates_x + F.linear(h, weight_hh)  # (N, 4*H_cell)
-    h_next, c_next = lstm_cell(gates, c)
-    if weight_hr is not None:
-        h_next = F.linear(h_next, weight_hr)  # (N, H_out)
+    h_next, c_next, _ = lstm_step_gates(gates_x, h, c, weight_hh, weight_hr, variant, noise)
     return h_next, c_next

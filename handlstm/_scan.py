@@ -16,13 +16,14 @@ Shapes: L sequence, N batch, H_in input size, H_cell hidden size, H_out output s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._cell import lstm_step
+from ._cell import DEFAULT_VARIANT, NO_NOISE, CellVariant, StepNoise, layer_norm, lstm_step_gates
 
 
 class DirectionWeights(NamedTuple):
@@ -35,17 +36,47 @@ class DirectionWeights(NamedTuple):
     weight_hr: Tensor | None  # (H_out, H_cell)
 
 
-def input_gates(x: Tensor, weight_ih: Tensor, bias: Tensor | None) -> Tensor:
+@dataclass
+class ScanVariant:
+    """A variant's share of one direction of one layer: parameters, masks, what to record.
+
+    Built per forward call by :mod:`handlstm._variants`; None in :func:`scan` means nn.LSTM.
+    """
+
+    cell: CellVariant = DEFAULT_VARIANT
+    ln_ih: Tensor | None = None  # (4*H_cell,) gain of the input layer norm
+    h_mask: Tensor | None = None  # (N, H_out) recurrent dropout mask, one per sequence
+    zone_h: Tensor | None = None  # (L, N, H_out) zoneout masks of h, one per step
+    zone_c: Tensor | None = None  # (L, N, H_cell) zoneout masks of c, one per step
+    record: bool = False  # keep every step's c and gate activations in cells / gates
+    cells: list[Tensor] = field(default_factory=list)
+    gates: list[Tensor] = field(default_factory=list)
+
+    def noise(self, t: int) -> StepNoise:
+        """Step ``t``'s masks for the whole batch."""
+        return StepNoise(
+            self.h_mask,
+            None if self.zone_h is None else self.zone_h[t],
+            None if self.zone_c is None else self.zone_c[t],
+        )
+
+
+def input_gates(
+    x: Tensor, weight_ih: Tensor, bias: Tensor | None, ln_ih: Tensor | None = None
+) -> Tensor:
     """The input's share of the gates for every step at once: one GEMM over the sequence.
 
     Args:
         x: ``(L, N, H_in)`` dense or ``(sum(batch_sizes), H_in)`` packed.
         weight_ih: ``(4*H_cell, H_in)``.
         bias: ``b_ih + b_hh``, ``(4*H_cell,)``, or None.
+        ln_ih: with layer norm, the gain of the input norm: ``LN(W_ih x) * ln_ih + bias``.
 
     Returns:
         ``(L, N, 4*H_cell)`` or ``(sum(batch_sizes), 4*H_cell)``.
     """
+    if ln_ih is not None:
+        return layer_norm(F.linear(x, weight_ih), ln_ih, bias)
     return F.linear(x, weight_ih, bias)
 
 
@@ -57,6 +88,7 @@ def scan(
     weight_hh: Tensor,
     weight_hr: Tensor | None,
     reverse: bool,
+    variant: ScanVariant | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the recurrence over time in one direction.
 
@@ -69,6 +101,10 @@ def scan(
         weight_hh: ``(4*H_cell, H_out)``.
         weight_hr: ``(H_out, H_cell)`` or None.
         reverse: run from the last step to the first.
+        variant: the variant's parameters and masks; None is nn.LSTM. With ``variant.record``,
+            every step's c and gate activations (i, f, g, o) are appended, in ``gates_x``'s
+            layout, to ``variant.cells`` ``(L, N, H_cell)`` and ``variant.gates``
+            ``(L, N, 4*H_cell)`` (packed: ``(sum(batch_sizes), *)``).
 
     Returns:
         ``(output, h_n, c_n)``: output in the layout of ``gates_x`` with ``H_out`` features,
@@ -84,22 +120,33 @@ def scan(
 
     full = h0.size(0)
     h, c = h0, c0
+    cell = DEFAULT_VARIANT if variant is None else variant.cell
+    record = variant is not None and variant.record
     outputs: list[Tensor] = [h0] * len(steps)
+    cells: list[Tensor] = [c0] * len(steps)
+    gates: list[Tensor] = [c0] * len(steps)
     for t in order:
         active = sizes[t]
+        noise = NO_NOISE if variant is None else variant.noise(t)
         if active == full:
-            h, c = lstm_step(steps[t], h, c, weight_hh, weight_hr)
-            outputs[t] = h
+            h, c, acts = lstm_step_gates(steps[t], h, c, weight_hh, weight_hr, cell, noise)
+            h_t, c_t = h, c
         else:
-            h_t, c_t = lstm_step(steps[t], h[:active], c[:active], weight_hh, weight_hr)
-            outputs[t] = h_t
+            h_t, c_t, acts = lstm_step_gates(
+                steps[t], h[:active], c[:active], weight_hh, weight_hr, cell, noise.rows(active)
+            )
             h = torch.cat((h_t, h[active:]), 0)
             c = torch.cat((c_t, c[active:]), 0)
+        outputs[t] = h_t
+        if record:
+            cells[t] = c_t
+            gates[t] = torch.cat(acts, -1)  # (B_t, 4*H_cell)
 
-    if batch_sizes is None:
-        output = torch.stack(outputs, 0)  # (L, N, H_out)
-    else:
-        output = torch.cat(outputs, 0)  # (sum(batch_sizes), H_out)
+    join = torch.stack if batch_sizes is None else torch.cat
+    output = join(outputs, 0)  # (L, N, H_out) or (sum(batch_sizes), H_out)
+    if variant is not None and record:
+        variant.cells.append(join(cells, 0))
+        variant.gates.append(join(gates, 0))
     return output, h, c
 
 
@@ -110,6 +157,7 @@ def run_direction(
     c0: Tensor,
     weights: DirectionWeights,
     reverse: bool,
+    variant: ScanVariant | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer: the input GEMM for the whole sequence, then the time loop.
 
@@ -119,6 +167,7 @@ def run_direction(
         h0, c0: initial states ``(N, H_out)`` and ``(N, H_cell)``.
         weights: this layer's and direction's parameters.
         reverse: run from the last step to the first.
+        variant: the variant's parameters and masks (see :func:`scan`); None is nn.LSTM.
 
     Returns:
         ``(output, h_n, c_n)`` as :func:`scan`.
@@ -126,5 +175,8 @@ def run_direction(
     bias = None
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
-    gates_x = input_gates(x, weights.weight_ih, bias)
-    return scan(gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse)
+    ln_ih = None if variant is None else variant.ln_ih
+    gates_x = input_gates(x, weights.weight_ih, bias, ln_ih)
+    return scan(
+        gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant
+    )
