@@ -255,7 +255,9 @@ class HandLSTM(nn.Module):
         self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        _checks.check_input(data, 2, self.input_size, self._flat_weights[0].dtype)
+        _checks.check_input(
+            data, 2, self.input_size, self._flat_weights[0].dtype, dtype_error=RuntimeError
+        )
         sizes = _checks.check_batch_sizes(batch_sizes, data.size(0))
         h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
         if sorted_indices is not None:
