@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks
-from ._scan import DirectionWeights, run_direction
+from . import _checks, _variants
+from ._options import LSTMOptions
+from ._scan import DirectionWeights, ScanVariant, run_direction
+
+
+class LSTMStates(NamedTuple):
+    """What :meth:`HandLSTM.forward_with_states` returns: forward's results plus every step.
+
+    ``hiddens``, ``cells`` and ``gates`` have a leading ``D*num_layers`` axis (nn.LSTM's h_n
+    order) and then the output's layout: ``(L, N, *)``, ``(N, L, *)`` with ``batch_first``,
+    ``(L, *)`` unbatched, or the packed data layout ``(sum(batch_sizes), *)`` of ``output``.
+    Features: ``H_out`` for hiddens, ``H_cell`` for cells, ``4*H_cell`` for gates (the
+    activations of i, f, g, o, in that order).
+    """
+
+    output: Tensor | PackedSequence
+    h_n: Tensor
+    c_n: Tensor
+    hiddens: Tensor
+    cells: Tensor
+    gates: Tensor
 
 
 class HandLSTM(nn.Module):
@@ -42,6 +61,11 @@ class HandLSTM(nn.Module):
         bidirectional: run a second, reversed direction per layer. Default False.
         proj_size: if > 0, project h to this size with ``weight_hr`` (LSTMP). Default 0.
         device, dtype: where and in what type the parameters are created.
+        **options: keyword-only variant options, all neutral by default (then this is exactly
+            nn.LSTM): ``layer_norm``, ``peepholes``, ``input_dropout``, ``recurrent_dropout``,
+            ``weight_drop``, ``zoneout_h``, ``zoneout_c``, ``forget_bias``,
+            ``gate_activation``, ``cell_activation``, ``cell_clip``, ``proj_clip``. See
+            :class:`handlstm._options.LSTMOptions` and ``docs/variants.md``.
 
     Inputs: input, (h_0, c_0)
         - **input**: ``(L, H_in)`` unbatched, ``(L, N, H_in)``, ``(N, L, H_in)`` with
@@ -86,8 +110,11 @@ class HandLSTM(nn.Module):
         proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
+        self.options = LSTMOptions.build(options)
+        self.options.check_module(bias, proj_size)
         self.dropout = _checks.check_lstm_args(
             input_size,
             hidden_size,
@@ -115,6 +142,12 @@ class HandLSTM(nn.Module):
                 self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
             self._all_weights.append(names)
             self._flat_weights_names.extend(names)
+        self._variant_weights_names: list[tuple[str, str]] = []  # (kind, name), after nn.LSTM's
+        for layer, direction in self._layers_and_directions():
+            suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+            for kind, size in _variants.variant_param_shapes(self.options, hidden_size):
+                self.register_parameter(kind + suffix, nn.Parameter(torch.empty(size, **factory)))
+                self._variant_weights_names.append((kind, kind + suffix))
         self.reset_parameters()
 
     # -- structure ------------------------------------------------------------------------------
@@ -179,10 +212,22 @@ class HandLSTM(nn.Module):
         """A no-op, for code written against nn.LSTM (there is no cuDNN weight buffer)."""
 
     def reset_parameters(self) -> None:
-        """Draw every parameter from U(-1/sqrt(H_cell), 1/sqrt(H_cell)) in nn.LSTM's order."""
+        """Draw every parameter from U(-1/sqrt(H_cell), 1/sqrt(H_cell)) in nn.LSTM's order.
+
+        Then, without drawing from the generator: variant parameters (layer-norm gains 1,
+        shifts 0, peepholes 0) and, with ``forget_bias``, the forget blocks of the biases.
+        """
         stdv = 1.0 / math.sqrt(self.hidden_size)
         for weight in self._flat_weights:
             nn.init.uniform_(weight, -stdv, stdv)
+        for kind, name in getattr(self, "_variant_weights_names", []):
+            _variants.init_variant_param(kind, getattr(self, name))
+        if self.options.forget_bias is not None:
+            for layer, direction in self._layers_and_directions():
+                weights = self._direction_weights(layer, direction)
+                _variants.init_forget_bias(
+                    weights.bias_ih, weights.bias_hh, self.options.forget_bias
+                )
 
     # -- conversion (implemented in convert.py) ---------------------------------------------------
 
@@ -201,8 +246,9 @@ class HandLSTM(nn.Module):
         return lstm_to_torch(self)
 
     def variant_options(self) -> dict[str, Any]:
-        """Options beyond ``nn.LSTM`` that are not at their neutral value (empty by default)."""
-        return {}
+        """Options beyond ``nn.LSTM`` that change what forward computes and are not at their
+        neutral value (empty by default). ``forget_bias`` only initialises and is not listed."""
+        return self.options.non_neutral()
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -218,7 +264,8 @@ class HandLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
-        return s
+        variants = self.options.describe()
+        return f"{s}, {variants}" if variants else s
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -235,8 +282,44 @@ class HandLSTM(nn.Module):
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        return self._forward(input, hx, None)
+
+    def forward_with_states(
+        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> LSTMStates:
+        """Forward, plus every layer's h, c and gate activations at every step.
+
+        Same inputs, same ``output``, ``h_n``, ``c_n`` (and, in training, the same kind of
+        random masks) as :meth:`forward`; the extra tensors are laid out as described in
+        :class:`LSTMStates`. Gradients flow through all of them.
+
+        Example:
+            >>> lstm = HandLSTM(4, 3, num_layers=2)
+            >>> states = lstm.forward_with_states(torch.randn(5, 2, 4))   # (L, N, H_in)
+            >>> states.cells.shape, states.gates.shape          # (2, L, N, H_cell), 4*H_cell
+            (torch.Size([2, 5, 2, 3]), torch.Size([2, 5, 2, 12]))
+        """
+        records: list[tuple[Tensor, ScanVariant]] = []
+        output, (h_n, c_n) = self._forward(input, hx, records)
+        stacked = [
+            torch.stack([getter(record) for record in records], 0)
+            for getter in (lambda r: r[0], lambda r: r[1].cells[0], lambda r: r[1].gates[0])
+        ]
+        if not isinstance(input, PackedSequence):
+            if input.dim() == 2:
+                stacked = [t.squeeze(2) for t in stacked]  # (D*num_layers, L, *)
+            elif self.batch_first:
+                stacked = [t.transpose(1, 2) for t in stacked]  # (D*num_layers, N, L, *)
+        return LSTMStates(output, h_n, c_n, *stacked)
+
+    def _forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: tuple[Tensor, Tensor] | None,
+        records: list[tuple[Tensor, ScanVariant]] | None,
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
+            return self._forward_packed(input, hx, records)
         _checks.check_input_rank(input)
         batched = input.dim() == 3
         x = input if batched else input.unsqueeze(1)  # (L, N, H_in) or (N, L, H_in)
@@ -244,7 +327,7 @@ class HandLSTM(nn.Module):
             x = x.transpose(0, 1)  # (L, N, H_in)
         h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3)
         _checks.check_sequence_length(x.size(0))
-        output, h_n, c_n = self._run_layers(x, None, h0, c0)  # (L, N, D*H_out)
+        output, h_n, c_n = self._run_layers(x, None, h0, c0, records)  # (L, N, D*H_out)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -252,18 +335,19 @@ class HandLSTM(nn.Module):
         return output, (h_n, c_n)
 
     def _forward_packed(
-        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None
+        self,
+        input: PackedSequence,
+        hx: tuple[Tensor, Tensor] | None,
+        records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        _checks.check_input(
-            data, 2, self.input_size, self._flat_weights[0].dtype, dtype_error=RuntimeError
-        )
+        _checks.check_input(data, 2, self.input_size, self._flat_weights[0].dtype)
         sizes = _checks.check_batch_sizes(batch_sizes, data.size(0))
         h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
             c0 = c0.index_select(1, sorted_indices)
-        output, h_n, c_n = self._run_layers(data, sizes, h0, c0)  # (sum(B_t), D*H_out)
+        output, h_n, c_n = self._run_layers(data, sizes, h0, c0, records)  # (sum(B_t), D*H_out)
         if unsorted_indices is not None:
             h_n = h_n.index_select(1, unsorted_indices)
             c_n = c_n.index_select(1, unsorted_indices)
@@ -297,7 +381,12 @@ class HandLSTM(nn.Module):
         return h0, c0
 
     def _run_layers(
-        self, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor
+        self,
+        x: Tensor,
+        batch_sizes: list[int] | None,
+        h0: Tensor,
+        c0: Tensor,
+        records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Every layer and direction over the time-major (or packed) input.
 
@@ -305,6 +394,8 @@ class HandLSTM(nn.Module):
             x: ``(L, N, H_in)`` or packed ``(sum(B_t), H_in)``.
             batch_sizes: packed batch sizes or None.
             h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
+            records: if a list, each (layer, direction) appends its output and its recorded
+                :class:`ScanVariant` (per-step cells and gates).
 
         Returns:
             ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
@@ -314,16 +405,33 @@ class HandLSTM(nn.Module):
         c_n: list[Tensor] = []
         outputs: list[Tensor] = []
         layer_input = x
+        with_variant = records is not None or not self.options.is_default
         for layer, direction in self._layers_and_directions():
             index = layer * self.num_directions + direction
+            weights, variant = self._direction_weights(layer, direction), None
+            if with_variant:
+                if direction == 0:
+                    layer_input = _variants.input_dropout(
+                        layer_input,
+                        batch_sizes,
+                        self.options.input_dropout,
+                        self.training,
+                        f"_l{layer}",
+                    )
+                weights, variant = self._direction_variant(
+                    weights, layer, direction, layer_input, batch_sizes, records is not None
+                )
             out, h, c = run_direction(
                 layer_input,
                 batch_sizes,
                 h0[index],
                 c0[index],
-                self._direction_weights(layer, direction),
+                weights,
                 reverse=direction == 1,
+                variant=variant,
             )
+            if records is not None and variant is not None:
+                records.append((out, variant))
             outputs.append(out)
             h_n.append(h)
             c_n.append(c)
@@ -333,3 +441,43 @@ class HandLSTM(nn.Module):
                 if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                     layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, torch.stack(h_n, 0), torch.stack(c_n, 0)
+
+    def _direction_variant(
+        self,
+        weights: DirectionWeights,
+        layer: int,
+        direction: int,
+        x: Tensor,
+        batch_sizes: list[int] | None,
+        record: bool,
+    ) -> tuple[DirectionWeights, ScanVariant]:
+        """The variant's parameters and this call's masks for one layer and direction.
+
+        Weight drop replaces ``weight_hh`` by a dropped copy for this call only (the Parameter
+        and its name are untouched).
+        """
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        options = self.options
+        weight_hh = _variants.drop_weight(
+            weights.weight_hh, options.weight_drop, self.training, suffix
+        )
+        steps, batch = (
+            (x.size(0), x.size(1))
+            if batch_sizes is None
+            else (
+                len(batch_sizes),
+                batch_sizes[0],
+            )
+        )
+        variant = _variants.direction_variant(
+            options,
+            lambda kind: getattr(self, kind + suffix),
+            self.training,
+            steps,
+            batch,
+            (self.output_size, self.hidden_size),
+            x,
+            suffix,
+            record,
+        )
+        return weights._replace(weight_hh=weight_hh), variant

@@ -82,6 +82,19 @@ class LSTMOptions:
         values = {name: _validate(name, value) for name, value in options.items()}
         return cls(**values)
 
+    def check_module(self, bias: bool, proj_size: int = 0) -> None:
+        """Refuse options the module's configuration cannot use (ValueError)."""
+        if self.forget_bias is not None and not bias:
+            raise ValueError(
+                f"forget_bias={self.forget_bias!r} needs bias=True (it initialises bias_ih's "
+                "forget block); got bias=False"
+            )
+        if self.proj_clip is not None and proj_size <= 0:
+            raise ValueError(
+                f"proj_clip={self.proj_clip!r} clips the projection and needs proj_size > 0, "
+                f"got proj_size={proj_size}"
+            )
+
     def non_neutral(self, include_init: bool = False) -> dict[str, Any]:
         """Options not at their neutral value; init-only ones only with ``include_init``."""
         found = {}
