@@ -9,8 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _checks
-from ._cell import lstm_step
+from . import _checks, _variants
+from ._cell import layer_norm, lstm_step
+from ._options import SEQUENCE_ONLY, LSTMOptions, fields_of
+
+#: The variant options a single step can take (the others need a sequence or a projection).
+CELL_OPTIONS = tuple(name for name in fields_of(LSTMOptions) if name not in SEQUENCE_ONLY)
 
 
 class HandLSTMCell(nn.Module):
@@ -23,6 +27,12 @@ class HandLSTMCell(nn.Module):
         hidden_size: H, features of h and c.
         bias: use ``bias_ih`` and ``bias_hh``. Default True.
         device, dtype: where and in what type the parameters are created.
+        **options: keyword-only variant options that act within one step, all neutral by
+            default: ``layer_norm``, ``peepholes``, ``zoneout_h``, ``zoneout_c`` (a fresh mask
+            per call in training, the expectation in eval), ``forget_bias``,
+            ``gate_activation``, ``cell_activation``, ``cell_clip``. Input and recurrent
+            dropout and weight drop need a whole sequence (use HandLSTM); proj_clip needs a
+            projection. See ``docs/variants.md``.
 
     Inputs: input, (h_0, c_0)
         - **input**: ``(N, H_in)`` or unbatched ``(H_in,)``.
@@ -51,8 +61,11 @@ class HandLSTMCell(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
+        self.options = LSTMOptions.build(options, CELL_OPTIONS)
+        self.options.check_module(bias)
         _checks.check_cell_args(input_size, hidden_size, bias)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.input_size = input_size
@@ -66,6 +79,10 @@ class HandLSTMCell(nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        self._variant_weights_names: list[str] = []  # after nn.LSTMCell's parameters
+        for kind, size in _variants.variant_param_shapes(self.options, hidden_size):
+            self.register_parameter(kind, nn.Parameter(torch.empty(size, **factory)))
+            self._variant_weights_names.append(kind)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -74,6 +91,10 @@ class HandLSTMCell(nn.Module):
         for weight in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             if weight is not None:
                 nn.init.uniform_(weight, -stdv, stdv)
+        for kind in getattr(self, "_variant_weights_names", []):
+            _variants.init_variant_param(kind, getattr(self, kind))
+        if self.options.forget_bias is not None:
+            _variants.init_forget_bias(self.bias_ih, self.bias_hh, self.options.forget_bias)
 
     # -- conversion (implemented in convert.py) ---------------------------------------------------
 
@@ -92,14 +113,16 @@ class HandLSTMCell(nn.Module):
         return cell_to_torch(self)
 
     def variant_options(self) -> dict[str, Any]:
-        """Options beyond ``nn.LSTMCell`` that are not at their neutral value (empty by default)."""
-        return {}
+        """Options beyond ``nn.LSTMCell`` that change what forward computes and are not at their
+        neutral value (empty by default). ``forget_bias`` only initialises and is not listed."""
+        return self.options.non_neutral()
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.bias is not True:
             s += f", bias={self.bias}"
-        return s
+        variants = self.options.describe()
+        return f"{s}, {variants}" if variants else s
 
     def forward(
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
@@ -116,8 +139,28 @@ class HandLSTMCell(nn.Module):
         bias = None
         if self.bias_ih is not None and self.bias_hh is not None:
             bias = self.bias_ih + self.bias_hh  # (4*H,)
-        gates_x = F.linear(x, self.weight_ih, bias)  # (N, 4*H)
-        h1, c1 = lstm_step(gates_x, h0, c0, self.weight_hh, None)
+        if self.options.is_default:
+            gates_x = F.linear(x, self.weight_ih, bias)  # (N, 4*H)
+            h1, c1 = lstm_step(gates_x, h0, c0, self.weight_hh, None)
+        else:
+            h1, c1 = self._variant_step(x, h0, c0, bias)
         if not batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1
+
+    def _variant_step(
+        self, x: Tensor, h0: Tensor, c0: Tensor, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """One step with the variant options: layer norm, peepholes, zoneout, ..."""
+        options = self.options
+
+        def get(kind: str) -> Tensor | None:
+            return getattr(self, kind)
+
+        if options.layer_norm:
+            gates_x = layer_norm(F.linear(x, self.weight_ih), get("ln_weight_ih"), bias)
+        else:
+            gates_x = F.linear(x, self.weight_ih, bias)  # (N, 4*H)
+        variant = _variants.cell_variant(options, get)
+        noise = _variants.cell_noise(options, x.size(0), self.hidden_size, x, self.training)
+        return lstm_step(gates_x, h0, c0, self.weight_hh, None, variant, noise)

@@ -120,6 +120,11 @@ class LSTMOptions:
         return ", ".join(parts)
 
 
+def fields_of(cls: type) -> tuple[str, ...]:
+    """The option names of an options dataclass, in declaration order."""
+    return tuple(f.name for f in fields(cls))
+
+
 def _callable_name(fn: Any) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     module = getattr(fn, "__module__", None)
