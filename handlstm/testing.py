@@ -22,9 +22,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence
 
-from ._compare import Difference, assert_lstm_close, compare_modules, tolerances
+from ._compare import (
+    INPUT_KINDS,
+    Difference,
+    assert_lstm_close,
+    compare_modules,
+    make_hx,
+    make_input,
+    tolerances,
+)
 
 try:
     from hypothesis import strategies as st
@@ -47,8 +55,6 @@ __all__ = [
     "make_input",
     "tolerances",
 ]
-
-INPUT_KINDS = ("dense", "unbatched", "packed_sorted", "packed_unsorted")
 
 
 @dataclass
@@ -123,46 +129,6 @@ def lstm_configs(
     }
 
 
-def make_input(
-    config: dict[str, Any],
-    kind: str,
-    lengths: Sequence[int],
-    dtype: torch.dtype,
-    generator: torch.Generator,
-) -> Tensor | PackedSequence:
-    """A random input of ``kind`` (one of :data:`INPUT_KINDS`) for ``config``.
-
-    ``lengths`` are the batch's sequence lengths (one entry for ``unbatched``); dense input uses
-    their maximum for every sequence.
-    """
-    seq_len, batch = max(lengths), len(lengths)
-    size = config["input_size"]
-    data = torch.randn(seq_len, batch, size, generator=generator, dtype=torch.float64).to(dtype)
-    if kind == "unbatched":
-        return data[:, 0]
-    if kind == "dense":
-        return data.transpose(0, 1).contiguous() if config["batch_first"] else data
-    if kind in ("packed_sorted", "packed_unsorted"):
-        if kind == "packed_sorted":  # enforce_sorted=True: no sorted/unsorted indices
-            order = sorted(lengths, reverse=True)
-            return pack_padded_sequence(data, torch.tensor(order), enforce_sorted=True)
-        return pack_padded_sequence(data, torch.tensor(list(lengths)), enforce_sorted=False)
-    raise ValueError(f"unknown input kind {kind!r}; expected one of {INPUT_KINDS}")
-
-
-def _make_hx(
-    config: dict[str, Any], batch: int | None, dtype: torch.dtype, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    states = config["num_layers"] * (2 if config["bidirectional"] else 1)
-    h_size = config["proj_size"] or config["hidden_size"]
-    lead = (states,) if batch is None else (states, batch)
-    h = torch.randn(*lead, h_size, generator=generator, dtype=torch.float64).to(dtype)
-    c = torch.randn(*lead, config["hidden_size"], generator=generator, dtype=torch.float64).to(
-        dtype
-    )
-    return h, c
-
-
 @st.composite
 def lstm_cases(
     draw: st.DrawFn,
@@ -187,7 +153,7 @@ def lstm_cases(
     input = make_input(config, kind, lengths, dtype, generator)
     hx = None
     if draw(st.booleans()):
-        hx = _make_hx(config, None if kind == "unbatched" else batch, dtype, generator)
+        hx = make_hx(config, None if kind == "unbatched" else batch, dtype, generator)
     return LSTMCase(config, input, hx, kind, dtype, list(lengths))
 
 

@@ -1,0 +1,395 @@
+"""Conversion between torch's LSTMs and handlstm's, one module at a time or a whole model at once.
+
+* :func:`lstm_from_torch` / :func:`cell_from_torch` (``HandLSTM.from_torch``,
+  ``HandLSTMCell.from_torch``) build an equal, independent copy: same configuration, device,
+  dtype, ``training`` flag, ``requires_grad`` flags and parameter values.
+* :func:`lstm_to_torch` / :func:`cell_to_torch` (``.to_torch()``) go back, refusing modules with
+  variant options nn.LSTM does not have.
+* :func:`swap_lstms` replaces every LSTM inside a model in place, handing the *same*
+  ``nn.Parameter`` objects to the new modules, so optimizers and checkpoints keep working.
+
+New modules are built on the ``meta`` device first, so a conversion neither allocates throwaway
+weights nor consumes the global random number generator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import nn
+
+from ._cell_module import HandLSTMCell
+from ._lstm import HandLSTM
+
+__all__ = [
+    "LSTMGroup",
+    "find_lstm_groups",
+    "SwapReport",
+    "Swapped",
+    "Skipped",
+    "cell_from_torch",
+    "cell_to_torch",
+    "lstm_config",
+    "cell_config",
+    "lstm_from_torch",
+    "lstm_to_torch",
+    "swap_lstms",
+]
+
+M = TypeVar("M", bound=nn.Module)
+
+LSTM_KEYS = (
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "bias",
+    "batch_first",
+    "dropout",
+    "bidirectional",
+    "proj_size",
+)
+CELL_KEYS = ("input_size", "hidden_size", "bias")
+
+
+def lstm_config(module: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of an ``nn.LSTM`` or ``HandLSTM`` (no device, no dtype)."""
+    return {key: getattr(module, key) for key in LSTM_KEYS}
+
+
+def cell_config(module: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of an ``nn.LSTMCell`` or ``HandLSTMCell``."""
+    return {key: getattr(module, key) for key in CELL_KEYS}
+
+
+def _first_parameter(module: nn.Module) -> torch.Tensor:
+    for param in module.parameters():
+        return param
+    raise ValueError(f"{type(module).__name__} has no parameters to take a device and dtype from")
+
+
+def _copy(module: nn.Module, cls: type[M], config: dict[str, Any]) -> M:
+    """``cls(**config)`` on ``module``'s device and dtype, holding copies of its parameters."""
+    reference = _first_parameter(module)
+    new = cls(**config, device="meta", dtype=reference.dtype)
+    new = new.to_empty(device=reference.device)
+    # strict: every parameter and buffer of `new` is overwritten, none keeps to_empty's garbage.
+    new.load_state_dict(module.state_dict(), strict=True)
+    params = dict(module.named_parameters())
+    for name, param in new.named_parameters():
+        param.requires_grad_(params[name].requires_grad)
+    new.train(module.training)
+    return new
+
+
+def _refuse_variants(module: nn.Module, target: str) -> None:
+    options = module.variant_options()  # type: ignore[operator]
+    if options:
+        listed = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        raise ValueError(
+            f"{type(module).__name__} with variant options ({listed}) has no {target} "
+            "equivalent: to_torch() would silently change its behaviour. Build it without "
+            "these options to convert it."
+        )
+
+
+def lstm_from_torch(module: nn.LSTM, cls: type[HandLSTM] = HandLSTM) -> HandLSTM:
+    """A ``cls`` equal to the ``nn.LSTM`` ``module`` (copied parameters, same flags)."""
+    if not isinstance(module, nn.LSTM):
+        raise TypeError(f"expected an nn.LSTM, got {type(module).__name__}")
+    return _copy(module, cls, lstm_config(module))
+
+
+def lstm_to_torch(hand: HandLSTM) -> nn.LSTM:
+    """The ``nn.LSTM`` equal to ``hand`` (copied parameters, same flags).
+
+    Raises:
+        ValueError: if ``hand`` uses variant options that nn.LSTM does not have.
+    """
+    _refuse_variants(hand, "nn.LSTM")
+    return _copy(hand, nn.LSTM, lstm_config(hand))
+
+
+def cell_from_torch(module: nn.LSTMCell, cls: type[HandLSTMCell] = HandLSTMCell) -> HandLSTMCell:
+    """A ``cls`` equal to the ``nn.LSTMCell`` ``module`` (copied parameters, same flags)."""
+    if not isinstance(module, nn.LSTMCell):
+        raise TypeError(f"expected an nn.LSTMCell, got {type(module).__name__}")
+    return _copy(module, cls, cell_config(module))
+
+
+def cell_to_torch(hand: HandLSTMCell) -> nn.LSTMCell:
+    """The ``nn.LSTMCell`` equal to ``hand`` (copied parameters, same flags).
+
+    Raises:
+        ValueError: if ``hand`` uses variant options that nn.LSTMCell does not have.
+    """
+    _refuse_variants(hand, "nn.LSTMCell")
+    return _copy(hand, nn.LSTMCell, cell_config(hand))
+
+
+# -- swapping inside a model ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Swapped:
+    """One module replaced by :func:`swap_lstms`."""
+
+    path: str
+    old: str
+    new: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One LSTM-like module that :func:`swap_lstms` left alone, and why."""
+
+    path: str
+    type: str
+    reason: str
+
+
+@dataclass
+class SwapReport:
+    """What :func:`swap_lstms` did. ``str(report)`` is a readable summary."""
+
+    to: str
+    swapped: list[Swapped] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"swapped {len(self.swapped)} module(s) to {self.to}"]
+        for s in self.swapped:
+            config = ", ".join(f"{k}={v!r}" for k, v in s.config.items())
+            lines.append(f"  {s.path}: {s.old} -> {s.new}({config})")
+        if self.skipped:
+            lines.append(f"left alone {len(self.skipped)} module(s)")
+            lines += [f"  {s.path}: {s.type}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+# (source class, target class, config reader) per direction of the swap.
+_PAIRS: dict[str, list[tuple[type[nn.Module], type[nn.Module], Any]]] = {
+    "hand": [(nn.LSTM, HandLSTM, lstm_config), (nn.LSTMCell, HandLSTMCell, cell_config)],
+    "torch": [(HandLSTM, nn.LSTM, lstm_config), (HandLSTMCell, nn.LSTMCell, cell_config)],
+}
+
+# What nn.LSTM / HandLSTM do that a subclass may change: overriding any of these changes behaviour.
+_BEHAVIOUR = ("forward", "__call__", "_call_impl", "flatten_parameters", "__setattr__", "_apply")
+
+
+def _unswappable(module: nn.Module, base: type[nn.Module]) -> str | None:
+    """Why ``module`` (an instance of ``base`` or a subclass) cannot be swapped, or None."""
+    cls = type(module)
+    if cls is not base:
+        overridden = [
+            name for name in _BEHAVIOUR if getattr(cls, name, None) is not getattr(base, name, None)
+        ]
+        if overridden:
+            return (
+                f"subclass of {base.__name__} overriding {', '.join(overridden)}: "
+                "its behaviour cannot be reproduced exactly"
+            )
+        return (
+            f"subclass of {base.__name__}: swapping would drop its type and anything it adds, "
+            "so it is left alone"
+        )
+    hooks = [
+        name
+        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+        if getattr(module, name, None)
+    ]
+    if hooks:
+        return f"has hooks registered ({', '.join(hooks)}): re-register them after swapping"
+    names: list[str] = list(getattr(module, "_flat_weights_names", []))
+    if not names:
+        names = [n for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if hasattr(module, n)]
+    for name in names:
+        if not isinstance(module._parameters.get(name), nn.Parameter):
+            return f"{name} is not a registered nn.Parameter (weight-dropped or parametrized?)"
+    extra = set(dict(module.named_parameters()).keys()) - set(names)
+    if extra or any(True for _ in module.buffers()) or any(True for _ in module.children()):
+        return "holds parameters, buffers or submodules beyond the LSTM's own"
+    if isinstance(module, HandLSTM | HandLSTMCell) and module.variant_options():
+        options = ", ".join(f"{k}={v!r}" for k, v in module.variant_options().items())
+        return f"variant options ({options}) have no torch equivalent"
+    return None
+
+
+def _share(module: nn.Module, target: type[nn.Module], config: dict[str, Any]) -> nn.Module:
+    """A ``target`` module holding ``module``'s very ``nn.Parameter`` objects."""
+    reference = _first_parameter(module)
+    new = target(**config, device="meta", dtype=reference.dtype)
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, param)
+    leftover = [n for n, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]
+    if leftover:  # pragma: no cover - only a target with extra state could get here
+        raise RuntimeError(f"{target.__name__} has state {leftover} that {module} cannot fill")
+    new.train(module.training)
+    if isinstance(new, nn.LSTM):
+        new.flatten_parameters()
+    return new
+
+
+def swap_lstms(model: nn.Module, *, to: Literal["hand", "torch"] = "hand") -> SwapReport:
+    """Replace, in place, every LSTM inside ``model`` by its counterpart on the other side.
+
+    With ``to="hand"`` each ``nn.LSTM`` becomes a :class:`~handlstm.HandLSTM` and each
+    ``nn.LSTMCell`` a :class:`~handlstm.HandLSTMCell`; ``to="torch"`` goes back. Modules are
+    found at any depth (attributes, ``Sequential``, ``ModuleList``, ``ModuleDict``, custom
+    containers); a module reachable under several paths is replaced by one new module everywhere.
+
+    The new modules hold the *same* ``nn.Parameter`` objects, so an optimizer built before the
+    swap keeps stepping them and ``model.state_dict()`` keeps its keys: checkpoints saved before
+    the swap load after it. The ``training`` flag is kept.
+
+    Left alone, and listed in the report with the reason: subclasses (their extra behaviour
+    cannot be reproduced), modules with hooks, modules whose weights are not plain registered
+    Parameters (weight-drop, parametrizations), and hand modules with variant options when
+    going to torch.
+
+    Args:
+        model: any module; it cannot itself be an LSTM (use ``HandLSTM.from_torch`` there).
+        to: ``"hand"`` or ``"torch"``.
+
+    Returns:
+        A :class:`SwapReport` listing every swapped module (path, types, configuration) and every
+        skipped one with its reason.
+
+    Example:
+        >>> import torch
+        >>> from handlstm import HandLSTM, swap_lstms
+        >>> model = torch.nn.Sequential(torch.nn.LSTM(3, 4))
+        >>> report = swap_lstms(model)
+        >>> type(model[0]).__name__, report.swapped[0].path
+        ('HandLSTM', '0')
+    """
+    if to not in _PAIRS:
+        raise ValueError(f'to must be "hand" or "torch", got {to!r}')
+    pairs = _PAIRS[to]
+    if any(isinstance(model, source) for source, _, _ in pairs):
+        raise ValueError(
+            f"swap_lstms replaces LSTMs inside a model, but the model itself is a "
+            f"{type(model).__name__}: use HandLSTM.from_torch(...) or .to_torch() instead"
+        )
+    report = SwapReport(to)
+    replaced: dict[int, nn.Module | None] = {}
+    found = [
+        (path, child)
+        for path, child in model.named_modules(remove_duplicate=False)
+        if any(isinstance(child, source) for source, _, _ in pairs)
+    ]
+    for path, child in found:
+        source, target, read_config = next(p for p in pairs if isinstance(child, p[0]))
+        if id(child) not in replaced:
+            reason = _unswappable(child, source)
+            if reason is not None:
+                replaced[id(child)] = None
+                report.skipped.append(Skipped(path, type(child).__name__, reason))
+                continue
+            config = read_config(child)
+            replaced[id(child)] = _share(child, target, config)
+            report.swapped.append(Swapped(path, type(child).__name__, target.__name__, config))
+        new = replaced[id(child)]
+        if new is not None:
+            parent_path, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent_path), name, new)
+    return report
+
+
+# -- configurations from state dicts --------------------------------------------------------------
+
+_LSTM_KEY = re.compile(
+    r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"_l(?P<layer>\d+)(?P<reverse>_reverse)?$"
+)
+_CELL_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)$")
+
+
+@dataclass
+class LSTMGroup:
+    """The parameters of one ``nn.LSTM`` (``kind="lstm"``) or ``nn.LSTMCell`` (``"cell"``) found
+    in a flat state dict, with the configuration their shapes imply."""
+
+    prefix: str
+    kind: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        config = ", ".join(f"{k}={v}" for k, v in self.config.items())
+        name = "LSTM" if self.kind == "lstm" else "LSTMCell"
+        return f"{self.prefix or '<root>'}: {name}({config}) [{str(self.dtype)[6:]}]"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "prefix": self.prefix,
+            "kind": self.kind,
+            "config": self.config,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "keys": list(self.state_dict),
+        }
+
+
+def _lstm_group_config(params: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """nn.LSTM arguments implied by one group's shapes, or None if it is not an LSTM's."""
+    weight_hh, weight_ih = params.get("weight_hh_l0"), params.get("weight_ih_l0")
+    if weight_hh is None or weight_ih is None or weight_hh.dim() != 2 or weight_ih.dim() != 2:
+        return None
+    weight_hr = params.get("weight_hr_l0")
+    hidden_size = weight_hr.shape[1] if weight_hr is not None else weight_hh.shape[1]
+    if weight_hh.shape[0] != 4 * hidden_size:  # a GRU (3 gates) or a plain RNN (1)
+        return None
+    layers = {int(_LSTM_KEY.match(k).group("layer")) for k in params}  # type: ignore[union-attr]
+    return {
+        "input_size": weight_ih.shape[1],
+        "hidden_size": hidden_size,
+        "num_layers": max(layers) + 1,
+        "bias": "bias_ih_l0" in params,
+        "bidirectional": any(k.endswith("_reverse") for k in params),
+        "proj_size": weight_hr.shape[0] if weight_hr is not None else 0,
+    }
+
+
+def _cell_group_config(params: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    weight_hh, weight_ih = params.get("weight_hh"), params.get("weight_ih")
+    if weight_hh is None or weight_ih is None or weight_hh.dim() != 2 or weight_ih.dim() != 2:
+        return None
+    if weight_hh.shape[0] != 4 * weight_hh.shape[1]:
+        return None
+    return {
+        "input_size": weight_ih.shape[1],
+        "hidden_size": weight_hh.shape[1],
+        "bias": "bias_ih" in params,
+    }
+
+
+def find_lstm_groups(state_dict: Mapping[str, Any]) -> list[LSTMGroup]:
+    """Every LSTM and LSTMCell parameter group in a flat ``{key: tensor}`` mapping.
+
+    Groups are found by torch's key pattern (``<prefix>weight_ih_l0``, ``...weight_hh_l0_reverse``,
+    ``<prefix>weight_ih`` for cells) and kept when their shapes are an LSTM's (4 gates), so GRUs
+    and plain RNNs are ignored. ``batch_first`` and ``dropout`` cannot be seen in weights and are
+    left at their defaults. Groups come in key order.
+    """
+    found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        match = _LSTM_KEY.match(key) or _CELL_KEY.match(key)
+        if match is None:
+            continue
+        kind = "lstm" if match.re is _LSTM_KEY else "cell"
+        prefix = match.group("prefix")
+        found.setdefault((prefix, kind), {})[key[len(prefix) :]] = value
+    groups = []
+    for (prefix, kind), params in found.items():
+        config = _lstm_group_config(params) if kind == "lstm" else _cell_group_config(params)
+        if config is not None:
+            dtype = next(iter(params.values())).dtype
+            groups.append(LSTMGroup(prefix.rstrip("."), kind, config, params, dtype))
+    return groups
