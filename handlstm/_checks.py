@@ -51,7 +51,7 @@ def check_dropout(dropout: Any, num_layers: int) -> float:
             "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
             f"expects num_layers greater than 1, but got dropout={dropout} and "
             f"num_layers={num_layers}",
-            stacklevel=3,
+            stacklevel=4,  # check_dropout < check_lstm_args < __init__ < caller
         )
     return float(dropout)
 
@@ -92,16 +92,23 @@ def check_lstm_args(
 
 
 def check_input(
-    input: Tensor, expected_dim: int, input_size: int, weight_dtype: torch.dtype
+    input: Tensor,
+    expected_dim: int,
+    input_size: int,
+    weight_dtype: torch.dtype,
+    dtype_error: type[Exception] = ValueError,
 ) -> None:
     """Input dtype, rank and feature size, as nn.LSTM checks them.
 
-    ``expected_dim`` is 3 for (possibly unsqueezed) dense input and 2 for packed data.
+    ``expected_dim`` is 3 for (possibly unsqueezed) dense input and 2 for packed data. A dtype
+    mismatch is a ValueError for dense input (torch's Python check) and a RuntimeError for
+    packed data (torch skips its Python checks there and fails in the GEMM).
     """
     if input.dtype != weight_dtype and not torch.is_autocast_enabled(input.device.type):
-        raise ValueError(
-            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
-            f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})"
+        raise dtype_error(
+            f"RNN input dtype does not match weight dtype: expected {weight_dtype}, got "
+            f"{input.dtype}. Convert input: input.to({weight_dtype}), or convert model: "
+            f"model.to({input.dtype})"
         )
     if input.dim() != expected_dim:
         raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
@@ -188,11 +195,16 @@ def check_batch_sizes(batch_sizes: Tensor, total: int) -> list[int]:
 
 
 def check_cell_args(input_size: Any, hidden_size: Any, bias: Any) -> None:
-    """Validate HandLSTMCell's constructor arguments like nn.LSTMCell (TypeError/ValueError)."""
-    check_int("input_size", input_size, 0)
-    check_int("hidden_size", hidden_size, 0)
-    if not isinstance(bias, bool | int):
-        raise TypeError(f"bias should be of type bool, got: {_type_name(bias)}")
+    """Validate HandLSTMCell's constructor arguments like nn.LSTMCell.
+
+    TypeError for a non-int size; RuntimeError for a negative one (torch fails creating the
+    weight); ``bias`` is taken by its truth, as torch does.
+    """
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int):
+            raise TypeError(f"{name} should be of type int, got: {_type_name(value)}")
+        if value < 0:
+            raise RuntimeError(f"{name} must be zero or positive, got {value}")
 
 
 def check_cell_forward(
@@ -207,6 +219,10 @@ def check_cell_forward(
     h0: Tensor | None = None
     c0: Tensor | None = None
     if hx is not None:
+        if isinstance(hx, Tensor):  # nn.LSTMCell: a TypeError from lstm_cell's signature
+            raise TypeError(
+                "LSTMCell expects hx to be a tuple (h_0, c_0) of two tensors, got a single Tensor"
+            )
         h0, c0 = check_hx_pair(hx)
         for index, state in enumerate((h0, c0)):
             if state.dim() not in (1, 2):

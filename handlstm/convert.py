@@ -197,6 +197,9 @@ def _unswappable(module: nn.Module, base: type[nn.Module]) -> str | None:
             f"subclass of {base.__name__}: swapping would drop its type and anything it adds, "
             "so it is left alone"
         )
+    if isinstance(module, HandLSTM | HandLSTMCell) and module.variant_options():
+        options = ", ".join(f"{k}={v!r}" for k, v in module.variant_options().items())
+        return f"variant options ({options}) have no torch equivalent"
     hooks = [
         name
         for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
@@ -206,16 +209,14 @@ def _unswappable(module: nn.Module, base: type[nn.Module]) -> str | None:
         return f"has hooks registered ({', '.join(hooks)}): re-register them after swapping"
     names: list[str] = list(getattr(module, "_flat_weights_names", []))
     if not names:
-        names = [n for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if hasattr(module, n)]
+        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        names = [n for n in kinds if getattr(module, n, None) is not None]
     for name in names:
         if not isinstance(module._parameters.get(name), nn.Parameter):
             return f"{name} is not a registered nn.Parameter (weight-dropped or parametrized?)"
     extra = set(dict(module.named_parameters()).keys()) - set(names)
     if extra or any(True for _ in module.buffers()) or any(True for _ in module.children()):
         return "holds parameters, buffers or submodules beyond the LSTM's own"
-    if isinstance(module, HandLSTM | HandLSTMCell) and module.variant_options():
-        options = ", ".join(f"{k}={v!r}" for k, v in module.variant_options().items())
-        return f"variant options ({options}) have no torch equivalent"
     return None
 
 
