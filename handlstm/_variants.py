@@ -174,4 +174,3 @@ def cell_noise(
     """HandLSTMCell's masks for one call (zoneout only)."""
     zone_h, zone_c = zoneout_noise(options, (batch,), (hidden, hidden), like, training, "")
     return StepNoise(None, zone_h, zone_c)
-
