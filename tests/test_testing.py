@@ -1,0 +1,235 @@
+"""handlstm.testing: its strategies reach every flag, its comparator catches what it must."""
+
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from handlstm import HandLSTM
+from handlstm.testing import INPUT_KINDS, assert_lstm_close, cell_cases, lstm_cases
+
+F64 = torch.float64
+DRAWS = 300
+
+
+def draw_many(strategy, n=DRAWS):
+    """``n`` examples from ``strategy``, deterministically (hypothesis's find-based drawing)."""
+    drawn = []
+
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(value):
+        drawn.append(value)
+
+    collect()
+    return drawn
+
+
+@pytest.fixture(scope="module")
+def lstm_draws():
+    return draw_many(lstm_cases(dtypes=(torch.float32, F64), dropout=True))
+
+
+def test_lstm_cases_cover_every_flag(lstm_draws):
+    seen = Counter()
+    for case in lstm_draws:
+        c = case.config
+        seen.update(
+            [
+                ("bias", c["bias"]),
+                ("batch_first", c["batch_first"]),
+                ("bidirectional", c["bidirectional"]),
+                ("proj", c["proj_size"] > 0),
+                ("layers>1", c["num_layers"] > 1),
+                ("dropout", c["dropout"] > 0),
+                ("hx", case.hx is not None),
+                ("kind", case.kind),
+                ("dtype", case.dtype),
+            ]
+        )
+    for flag in ("bias", "batch_first", "bidirectional", "proj", "layers>1", "dropout", "hx"):
+        for value in (True, False):
+            assert seen[(flag, value)] > 0, f"{flag}={value} never drawn"
+    for kind in INPUT_KINDS:
+        assert seen[("kind", kind)] > 0, f"input kind {kind} never drawn"
+    for dtype in (torch.float32, F64):
+        assert seen[("dtype", dtype)] > 0, f"{dtype} never drawn"
+
+
+def test_lstm_cases_inputs_fit_their_config(lstm_draws):
+    for case in lstm_draws[:60]:
+        c = case.config
+        data = case.input.data if isinstance(case.input, PackedSequence) else case.input
+        assert data.dtype == case.dtype and data.size(-1) == c["input_size"]
+        assert isinstance(case.input, PackedSequence) == case.kind.startswith("packed")
+        if case.kind == "unbatched":
+            assert case.input.dim() == 2
+        if case.kind == "packed_unsorted":
+            assert case.input.sorted_indices is not None
+        if case.hx is not None:
+            states = c["num_layers"] * (2 if c["bidirectional"] else 1)
+            assert case.hx[0].size(0) == states
+            assert case.hx[0].size(-1) == (c["proj_size"] or c["hidden_size"])
+            assert case.hx[1].size(-1) == c["hidden_size"]
+        # and torch accepts it
+        nn_module = case.make(nn.LSTM).eval()
+        nn_module(case.input, case.hx)
+
+
+def test_packed_unsorted_draws_really_unsorted_lengths(lstm_draws):
+    unsorted = [
+        case.lengths
+        for case in lstm_draws
+        if case.kind == "packed_unsorted" and case.lengths != sorted(case.lengths, reverse=True)
+    ]
+    assert unsorted, "packed_unsorted never drew lengths out of order"
+
+
+def test_cell_cases_cover_every_flag():
+    seen = Counter()
+    for case in draw_many(cell_cases(dtypes=(torch.float32, F64)), 150):
+        seen.update(
+            [
+                ("bias", case.config["bias"]),
+                ("batched", case.batched),
+                ("hx", case.hx is not None),
+                ("dtype", case.dtype),
+            ]
+        )
+        assert case.input.dim() == (2 if case.batched else 1)
+    for flag in ("bias", "batched", "hx"):
+        for value in (True, False):
+            assert seen[(flag, value)] > 0, f"{flag}={value} never drawn"
+    assert seen[("dtype", torch.float32)] and seen[("dtype", F64)]
+
+
+# -- assert_lstm_close ----------------------------------------------------------------------------
+
+
+def pair(**config):
+    torch.manual_seed(0)
+    expected = nn.LSTM(3, 4, dtype=F64, **config)
+    actual = HandLSTM(3, 4, dtype=F64, **config)
+    actual.load_state_dict(expected.state_dict())
+    return actual, expected
+
+
+def test_passes_on_equal_modules_and_leaves_inputs_alone():
+    actual, expected = pair(num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    hx = (torch.randn(4, 2, 4, dtype=F64), torch.randn(4, 2, 4, dtype=F64))
+    copies = [t.clone() for t in (x, *hx)]
+    assert_lstm_close(actual, expected, x, hx)
+    assert_lstm_close(expected, expected, x, hx)
+    for before, after in zip(copies, (x, *hx), strict=True):
+        assert torch.equal(before, after) and after.grad is None
+
+
+def test_fails_naming_the_tensor_index_and_values_on_one_perturbed_weight():
+    actual, expected = pair()
+    with torch.no_grad():
+        actual.weight_hh_l0[5, 2] += 1e-6
+    x = torch.randn(5, 2, 3, dtype=F64)
+    with pytest.raises(AssertionError) as error:
+        assert_lstm_close(actual, expected, x)
+    message = str(error.value)
+    assert "output:" in message and "h_n:" in message and "c_n:" in message
+    assert "grad.weight_hh_l0" in message
+    assert "at index (" in message and "actual " in message and "expected " in message
+
+
+def test_reports_the_perturbed_element_of_an_output_gradient():
+    actual, expected = pair()
+    x = torch.randn(4, 1, 3, dtype=F64)
+    with torch.no_grad():
+        actual.bias_hh_l0[0] += 1e-3
+    with pytest.raises(AssertionError, match=r"output: max abs difference [0-9.e+-]+; at index"):
+        assert_lstm_close(actual, expected, x)
+
+
+def test_fails_on_a_swapped_gate_order():
+    """Reordering weight_ih's gate blocks (i, f, g, o) -> (f, i, g, o) must be caught."""
+    actual, expected = pair()
+    with torch.no_grad():
+        i, f, g, o = actual.weight_ih_l0.chunk(4, 0)
+        actual.weight_ih_l0.copy_(torch.cat([f, i, g, o], 0))
+    with pytest.raises(AssertionError, match="output") as error:
+        assert_lstm_close(actual, expected, torch.randn(5, 2, 3, dtype=F64))
+    assert "grad.weight_ih_l0" in str(error.value)
+
+
+def test_a_missing_parameter_is_named():
+    actual, expected = pair()
+    actual.weight_hh_l0.requires_grad_(False)
+    with pytest.raises(AssertionError, match="grad.weight_hh_l0: missing from the actual"):
+        assert_lstm_close(actual, expected, torch.randn(5, 2, 3, dtype=F64))
+
+
+def test_float32_tolerance_is_looser_than_float64():
+    torch.manual_seed(0)
+    expected = nn.LSTM(3, 4)
+    actual = HandLSTM(3, 4)
+    actual.load_state_dict(expected.state_dict())
+    assert_lstm_close(actual, expected, torch.randn(5, 2, 3))
+    with torch.no_grad():
+        actual.weight_ih_l0[0, 0] += 1e-3
+    with pytest.raises(AssertionError):
+        assert_lstm_close(actual, expected, torch.randn(5, 2, 3))
+
+
+@given(lstm_cases(max_size=5, max_layers=2, max_len=4, max_batch=3))
+@settings(max_examples=15)
+def test_strategies_drive_assert_lstm_close(case):
+    expected = case.make(nn.LSTM)
+    actual = case.make(HandLSTM, state_dict=expected.state_dict())
+    assert_lstm_close(actual, expected, case.input, case.hx)
+
+
+@given(st.data())
+@settings(max_examples=5)
+def test_make_loads_a_state_dict(data):
+    case = data.draw(lstm_cases(max_layers=2))
+    source = case.make(nn.LSTM)
+    copy = case.make(HandLSTM, state_dict=source.state_dict())
+    for key, value in source.state_dict().items():
+        assert torch.equal(copy.state_dict()[key], value)
+
+
+# -- optional dependency --------------------------------------------------------------------------
+
+
+def test_import_without_hypothesis_says_how_to_install():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["hypothesis"] = None  # makes `import hypothesis` raise ImportError
+        import handlstm  # the package itself needs no hypothesis
+        from handlstm import HandLSTM
+        try:
+            import handlstm.testing
+        except ImportError as error:
+            print("IMPORT-ERROR:", error)
+        else:
+            print("imported")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "IMPORT-ERROR:" in result.stdout
+    assert "pip install hypothesis" in result.stdout
+    assert "handlstm[test]" in result.stdout
