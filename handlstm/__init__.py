@@ -2,6 +2,7 @@
 
 from ._cell_module import HandLSTMCell
 from ._lstm import HandLSTM
+from .convert import SwapReport, swap_lstms
 
-__all__ = ["HandLSTM", "HandLSTMCell"]
+__all__ = ["HandLSTM", "HandLSTMCell", "SwapReport", "swap_lstms"]
 __version__ = "0.1.0"
