@@ -16,7 +16,7 @@ Needs hypothesis (``pip install hypothesis``, or ``pip install "handlstm[test]"`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,9 +49,11 @@ __all__ = [
     "INPUT_KINDS",
     "assert_lstm_close",
     "compare_modules",
+    "LSTM_FLAGS",
     "lstm_configs",
     "lstm_cases",
     "cell_cases",
+    "make_hx",
     "make_input",
     "tolerances",
 ]
@@ -103,29 +105,58 @@ class CellCase:
         return module
 
 
+LSTM_FLAGS = (
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "bias",
+    "batch_first",
+    "dropout",
+    "bidirectional",
+    "proj_size",
+)
+
+
+def _check_fixed(fixed: Mapping[str, Any] | None, allowed: Sequence[str]) -> dict[str, Any]:
+    fixed = dict(fixed or {})
+    unknown = sorted(set(fixed) - set(allowed))
+    if unknown:
+        raise ValueError(f"fixed got unknown keys {unknown}; expected some of {list(allowed)}")
+    return fixed
+
+
 @st.composite
 def lstm_configs(
     draw: st.DrawFn,
     max_size: int = 9,
     max_layers: int = 3,
     dropout: bool = False,
+    fixed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """nn.LSTM constructor keyword arguments: every flag, sizes 1..``max_size``.
 
     ``proj_size`` is drawn below ``hidden_size`` (0 when ``hidden_size`` is 1). With
     ``dropout`` a dropout probability is drawn too (use eval mode to compare such modules).
+    ``fixed`` pins arguments instead of drawing them, e.g. ``{"bidirectional": False,
+    "proj_size": 0}`` for a module that supports neither.
     """
-    hidden_size = draw(st.integers(1, max_size))
-    num_layers = draw(st.integers(1, max_layers))
+    pinned = _check_fixed(fixed, LSTM_FLAGS)
+
+    def pick(name: str, strategy: st.SearchStrategy[Any]) -> Any:
+        return pinned[name] if name in pinned else draw(strategy)
+
+    hidden_size = pick("hidden_size", st.integers(1, max_size))
+    num_layers = pick("num_layers", st.integers(1, max_layers))
+    drop = st.sampled_from([0.0, 0.3, 1.0]) if dropout and num_layers > 1 else st.just(0.0)
     return {
-        "input_size": draw(st.integers(1, max_size)),
+        "input_size": pick("input_size", st.integers(1, max_size)),
         "hidden_size": hidden_size,
         "num_layers": num_layers,
-        "bias": draw(st.booleans()),
-        "batch_first": draw(st.booleans()),
-        "dropout": draw(st.sampled_from([0.0, 0.3, 1.0])) if dropout and num_layers > 1 else 0.0,
-        "bidirectional": draw(st.booleans()),
-        "proj_size": draw(st.integers(0, hidden_size - 1)),
+        "bias": pick("bias", st.booleans()),
+        "batch_first": pick("batch_first", st.booleans()),
+        "dropout": pick("dropout", drop),
+        "bidirectional": pick("bidirectional", st.booleans()),
+        "proj_size": pick("proj_size", st.integers(0, hidden_size - 1)),
     }
 
 
@@ -139,9 +170,23 @@ def lstm_cases(
     max_len: int = 7,
     max_batch: int = 5,
     dropout: bool = False,
+    fixed: Mapping[str, Any] | None = None,
+    with_hx: bool | None = None,
 ) -> LSTMCase:
-    """A configuration from :func:`lstm_configs` with a matching input and optional hx."""
-    config = draw(lstm_configs(max_size=max_size, max_layers=max_layers, dropout=dropout))
+    """A configuration from :func:`lstm_configs` with a matching input and optional hx.
+
+    Args:
+        dtypes: dtypes to draw the input, hx and (via :meth:`LSTMCase.make`) the module in.
+        kinds: input kinds to draw from :data:`INPUT_KINDS` (dense, unbatched, packed_sorted,
+            packed_unsorted).
+        max_size, max_layers, max_len, max_batch: upper bounds of the drawn sizes.
+        dropout: also draw an inter-layer dropout probability.
+        fixed: constructor arguments to pin instead of drawing (see :func:`lstm_configs`).
+        with_hx: always (True) or never (False) pass ``(h_0, c_0)``; drawn when None.
+    """
+    config = draw(
+        lstm_configs(max_size=max_size, max_layers=max_layers, dropout=dropout, fixed=fixed)
+    )
     kind = draw(st.sampled_from(list(kinds)))
     dtype = draw(st.sampled_from(list(dtypes)))
     batch = 1 if kind == "unbatched" else draw(st.integers(1, max_batch))
@@ -152,7 +197,7 @@ def lstm_cases(
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     input = make_input(config, kind, lengths, dtype, generator)
     hx = None
-    if draw(st.booleans()):
+    if draw(st.booleans()) if with_hx is None else with_hx:
         hx = make_hx(config, None if kind == "unbatched" else batch, dtype, generator)
     return LSTMCase(config, input, hx, kind, dtype, list(lengths))
 
@@ -163,13 +208,19 @@ def cell_cases(
     dtypes: Sequence[torch.dtype] = (torch.float64,),
     max_size: int = 9,
     max_batch: int = 5,
+    fixed: Mapping[str, Any] | None = None,
 ) -> CellCase:
-    """An nn.LSTMCell configuration with a matching batched or unbatched input and optional hx."""
+    """An nn.LSTMCell configuration with a matching batched or unbatched input and optional hx.
+
+    ``fixed`` pins any of ``input_size``, ``hidden_size``, ``bias`` instead of drawing it.
+    """
+    pinned = _check_fixed(fixed, ("input_size", "hidden_size", "bias"))
     config = {
         "input_size": draw(st.integers(1, max_size)),
         "hidden_size": draw(st.integers(1, max_size)),
         "bias": draw(st.booleans()),
     }
+    config.update(pinned)
     dtype = draw(st.sampled_from(list(dtypes)))
     batched = draw(st.booleans())
     batch = draw(st.integers(1, max_batch)) if batched else None

@@ -116,6 +116,17 @@ def test_cell_cases_cover_every_flag():
     assert seen[("dtype", torch.float32)] and seen[("dtype", F64)]
 
 
+def test_fixed_pins_flags_and_with_hx_pins_the_state():
+    pinned = {"bidirectional": False, "proj_size": 0, "num_layers": 2}
+    for case in draw_many(lstm_cases(fixed=pinned, with_hx=True), 40):
+        assert all(case.config[k] == v for k, v in pinned.items())
+        assert case.hx is not None
+    for case in draw_many(cell_cases(fixed={"bias": False, "hidden_size": 3}), 20):
+        assert case.config["bias"] is False and case.config["hidden_size"] == 3
+    with pytest.raises(ValueError, match="unknown keys"):
+        draw_many(lstm_cases(fixed={"bidirectonal": False}), 1)
+
+
 # -- assert_lstm_close ----------------------------------------------------------------------------
 
 
