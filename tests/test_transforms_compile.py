@@ -1,0 +1,316 @@
+"""torch.compile and torch.export of models that contain HandLSTM or HandLSTMCell.
+
+Oracle: the same model run eagerly (a deep copy), float64, tolerance 1e-10; and nn.LSTM for the
+eager run itself (other test files prove HandLSTM == nn.LSTM). Compiles are slow on 2 cores, so
+models are tiny and most checks use the "eager" / "aot_eager" backends (Dynamo tracing, and
+AOTAutograd's forward/backward graphs); inductor runs in one test marked slow. The default dense
+configuration (the one a fast path would take) comes first everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.testing
+from torch import Tensor, nn
+
+from handlstm import HandLSTM, HandLSTMCell
+
+DT = torch.float64
+TOL = {"rtol": 1e-10, "atol": 1e-10}
+
+CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("default", {}),
+    (
+        "bi_proj_2layers_bf",
+        {"num_layers": 2, "bidirectional": True, "proj_size": 2, "batch_first": True},
+    ),
+]
+IDS = [name for name, _ in CONFIGS]
+
+
+class Model(nn.Module):
+    """Linear -> HandLSTM -> Linear, returning the head's output and the LSTM's final states."""
+
+    def __init__(self, lstm_cls: type[nn.Module] = HandLSTM, **config: Any) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(2, 3, dtype=DT)
+        self.lstm = lstm_cls(3, 4, dtype=DT, **config)
+        d = 2 if self.lstm.bidirectional else 1
+        self.head = nn.Linear(d * (self.lstm.proj_size or 4), 2, dtype=DT)
+
+    def forward(
+        self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        out, (h, c) = self.lstm(torch.tanh(self.encoder(x)), hx)
+        return self.head(out), h, c
+
+
+def make_model(config: dict[str, Any]) -> Model:
+    torch.manual_seed(0)
+    return Model(**config)
+
+
+def example_inputs(model: Model, length: int = 3, batch: int = 2) -> tuple[Tensor, Any]:
+    lstm = model.lstm
+    shape = (batch, length, 2) if lstm.batch_first else (length, batch, 2)
+    d = 2 if lstm.bidirectional else 1
+    h0 = torch.randn(d * lstm.num_layers, batch, lstm.proj_size or 4, dtype=DT)
+    c0 = torch.randn(d * lstm.num_layers, batch, 4, dtype=DT)
+    return torch.randn(shape, dtype=DT), (h0, c0)
+
+
+def outputs_and_grads(model: nn.Module, x: Tensor, hx: Any) -> list[Tensor]:
+    x = x.clone().requires_grad_()
+    out, h, c = model(x, hx)
+    loss = out.square().sum() + h.sum() + (c * c).sum()
+    grads = torch.autograd.grad(loss, [x, *model.parameters()])
+    return [out, h, c, *grads]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> None:
+    torch._dynamo.reset()
+
+
+# aot_eager (AOTAutograd's joint graph) costs 5-9 s per compile here: once in the default run.
+COMPILE_CASES = [
+    pytest.param(CONFIGS[0][1], "aot_eager", False, id="default-aot_eager-hx_none"),
+    pytest.param(CONFIGS[0][1], "eager", True, id="default-eager-hx_given"),
+    pytest.param(CONFIGS[1][1], "eager", False, id="bi_proj_2layers_bf-eager-hx_none"),
+    pytest.param(CONFIGS[1][1], "eager", True, id="bi_proj_2layers_bf-eager-hx_given"),
+    pytest.param(
+        CONFIGS[1][1], "aot_eager", True, id="bi_proj_2layers_bf-aot_eager", marks=pytest.mark.slow
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "backend", "with_hx"), COMPILE_CASES)
+def test_compile_fullgraph_matches_eager(
+    config: dict[str, Any], backend: str, with_hx: bool
+) -> None:
+    model = make_model(config)
+    eager = copy.deepcopy(model)
+    x, hx = example_inputs(model)
+    hx = hx if with_hx else None
+    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    torch.testing.assert_close(
+        outputs_and_grads(compiled, x, hx), outputs_and_grads(eager, x, hx), **TOL
+    )
+    # reference of the reference: the eager model with nn.LSTM inside
+    oracle = Model(nn.LSTM, **config)
+    oracle.load_state_dict(eager.state_dict())
+    torch.testing.assert_close(
+        outputs_and_grads(eager, x, hx), outputs_and_grads(oracle, x, hx), **TOL
+    )
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("config", [c for _, c in CONFIGS], ids=IDS)
+def test_no_graph_break(config: dict[str, Any]) -> None:
+    model = make_model(config)
+    x, hx = example_inputs(model)
+    explanation = torch._dynamo.explain(model)(x, hx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_compile_cell_fullgraph_matches_nn_lstm_cell() -> None:
+    torch.manual_seed(0)
+    ref = nn.LSTMCell(3, 4, dtype=DT)
+    cell = HandLSTMCell(3, 4, dtype=DT)
+    cell.load_state_dict(ref.state_dict())
+    compiled = torch.compile(cell, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, dtype=DT, requires_grad=True)
+    for module in (compiled, ref):
+        h, c = module(x)
+        (h.square().sum() + c.sum()).backward()
+    got = [*compiled(x), x.grad, *(p.grad for p in cell.parameters())]
+    # gradients were accumulated once per module: x.grad holds both, parameters their own
+    expected = [*ref(x), None, *(p.grad for p in ref.parameters())]
+    torch.testing.assert_close(got[:2], expected[:2], **TOL)
+    torch.testing.assert_close(got[3:], expected[3:], **TOL)
+
+
+# -- dynamic sequence lengths: what they cost and the cheapest way around -------------------------
+
+
+@pytest.mark.parametrize(
+    "dynamic", [None, pytest.param(True, marks=pytest.mark.slow)], ids=["default", "dynamic"]
+)
+def test_each_new_length_recompiles_measured(dynamic: bool | None) -> None:
+    """The time loop is unrolled in the graph: each new L is a new graph, even with dynamic=True."""
+    model = make_model({})
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=dynamic)
+    for length in (2, 3, 2, 3):
+        compiled(example_inputs(model, length)[0])
+    assert counter.frame_count == 2
+
+
+def test_new_batch_size_recompiles_at_most_once() -> None:
+    """A new batch size costs at most one recompile: batch then becomes a symbolic size."""
+    model = make_model({})
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for batch in (2, 3, 4, 5):
+        x = example_inputs(model, 2, batch)[0]
+        torch.testing.assert_close(compiled(x), model(x), **TOL)
+    assert counter.frame_count <= 2
+
+
+def test_bucketed_lengths_compile_once_per_bucket() -> None:
+    """Padding at the end to a few bucket lengths: one graph per bucket; for a unidirectional
+    LSTM the outputs at the valid steps equal the unpadded run."""
+    model = make_model({})
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    buckets = (2, 4)
+    for length in (1, 2, 3, 4, 3, 1):
+        x = example_inputs(model, length)[0]
+        bucket = next(b for b in buckets if b >= length)
+        padded = torch.cat([x, x.new_zeros(bucket - length, *x.shape[1:])])
+        out, _, _ = compiled(padded)
+        torch.testing.assert_close(out[:length], model(x)[0], **TOL)
+    assert counter.frame_count == len(buckets)
+
+
+def test_compiled_step_serves_every_length() -> None:
+    """Compiling the LSTM for one step (L=1) and looping in Python: the graph count does not grow
+    with new lengths, and outputs, final states and gradients equal the eager whole-sequence run."""
+    torch.manual_seed(0)
+    lstm = HandLSTM(3, 4, num_layers=2, proj_size=2, dtype=DT)
+    counter = torch._dynamo.testing.CompileCounter()
+    step = torch.compile(lstm, backend=counter, fullgraph=True)
+    counts = []
+    for length in (2, 5, 3):
+        x = torch.randn(length, 2, 3, dtype=DT)
+        hx = (torch.zeros(2, 2, 2, dtype=DT), torch.zeros(2, 2, 4, dtype=DT))
+        outs = []
+        for t in range(length):
+            out, hx = step(x[t : t + 1], hx)
+            outs.append(out)
+        got = [torch.cat(outs), *hx]
+        expected = [lstm(x)[0], *lstm(x)[1]]
+        torch.testing.assert_close(got, expected, **TOL)
+        grads = torch.autograd.grad(sum(t.sum() for t in got), list(lstm.parameters()))
+        exp_grads = torch.autograd.grad(sum(t.sum() for t in expected), list(lstm.parameters()))
+        torch.testing.assert_close(grads, exp_grads, **TOL)
+        counts.append(counter.frame_count)
+    assert counts[0] == counts[-1] <= 2
+
+
+# -- inductor (the default backend): one test, slow on 2 cores ------------------------------------
+
+
+@pytest.mark.slow
+def test_compile_inductor_matches_eager() -> None:
+    torch.manual_seed(0)
+    model = Model().float()
+    eager = copy.deepcopy(model)
+    x = torch.randn(3, 2, 2)
+    compiled = torch.compile(model, fullgraph=True)
+
+    def run(m: nn.Module) -> list[Tensor]:
+        xx = x.clone().requires_grad_()
+        out, h, c = m(xx)
+        grads = torch.autograd.grad(out.square().sum() + h.sum() + c.sum(), [xx, *m.parameters()])
+        return [out, h, c, *grads]
+
+    torch.testing.assert_close(run(compiled), run(eager), rtol=1e-5, atol=1e-6)
+
+
+# -- torch.export ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [c for _, c in CONFIGS], ids=IDS)
+def test_export_matches_eager(config: dict[str, Any]) -> None:
+    model = make_model(config).eval()
+    x, hx = example_inputs(model)
+    program = torch.export.export(model, (x, hx))
+    exported = program.module()
+    torch.testing.assert_close(exported(x, hx), model(x, hx), **TOL)
+    x2, hx2 = example_inputs(model)  # new values, same shapes
+    torch.testing.assert_close(exported(x2, hx2), model(x2, hx2), **TOL)
+    oracle = Model(nn.LSTM, **config).eval()
+    oracle.load_state_dict(model.state_dict())
+    torch.testing.assert_close(exported(x2, hx2), oracle(x2, hx2), **TOL)
+
+
+def test_export_with_dynamic_batch() -> None:
+    model = make_model({}).eval()
+    x, _ = example_inputs(model, 3, 2)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x,), dynamic_shapes=({1: batch},))
+    for n in (1, 5):
+        xn, _ = example_inputs(model, 3, n)
+        torch.testing.assert_close(program.module()(xn), model(xn), **TOL)
+
+
+def test_export_cell() -> None:
+    torch.manual_seed(0)
+    ref = nn.LSTMCell(3, 4, dtype=DT)
+    cell = HandLSTMCell(3, 4, dtype=DT)
+    cell.load_state_dict(ref.state_dict())
+    x, h, c = torch.randn(2, 3, dtype=DT), torch.randn(2, 4, dtype=DT), torch.randn(2, 4, dtype=DT)
+    program = torch.export.export(cell, (x, (h, c)))
+    x2 = torch.randn(2, 3, dtype=DT)
+    torch.testing.assert_close(program.module()(x2, (h, c)), ref(x2, (h, c)), **TOL)
+
+
+# -- ONNX (optional: needs onnx, onnxscript and onnxruntime) --------------------------------------
+
+
+def onnx_session(model: nn.Module, x: Tensor) -> Any:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnx")
+    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    return ort.InferenceSession(program.model_proto.SerializeToString())
+
+
+@pytest.mark.slow
+def test_onnx_export_proj_size_runs_in_onnxruntime() -> None:
+    torch.manual_seed(0)
+    lstm = HandLSTM(3, 4, proj_size=2, num_layers=2, bidirectional=True).eval()
+    x = torch.randn(3, 2, 3)
+    session = onnx_session(lstm, x)
+    x2 = torch.randn(3, 2, 3)
+    got = session.run(None, {session.get_inputs()[0].name: x2.numpy()})
+    out, (h, c) = lstm(x2)
+    for actual, expected in zip(got, (out, h, c), strict=True):
+        torch.testing.assert_close(torch.from_numpy(actual), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_nn_lstm_proj_size_onnx_fails_in_onnxruntime_measured() -> None:
+    """nn.LSTM(proj_size>0) exports to ONNX's LSTM op, which has no projection: onnxruntime
+    rejects the graph at run time (initial_c shape mismatch)."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4, proj_size=2).eval()
+    x = torch.randn(3, 2, 3)
+    session = onnx_session(lstm, x)
+    with pytest.raises(Exception, match="initial_c"):
+        session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+# -- measured: what nn.LSTM itself does under compile / export ------------------------------------
+
+
+def test_nn_lstm_compile_fullgraph_fails_measured() -> None:
+    model = Model(nn.LSTM)
+    x, _ = example_inputs(model)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="RNN, GRU, or LSTM"):
+        torch.compile(model, backend="eager", fullgraph=True)(x)
+
+
+def test_nn_lstm_export_works_measured() -> None:
+    model = Model(nn.LSTM).eval()
+    x, _ = example_inputs(model)
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), model(x), **TOL)
