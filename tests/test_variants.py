@@ -317,3 +317,26 @@ def test_eval_is_deterministic_and_forward_unchanged(
     last = states.hiddens[-dirs:]
     joined = torch.cat(list(last), -1)
     torch.testing.assert_close(joined, out1, rtol=0, atol=0)
+
+
+# -- the training example learns ------------------------------------------------------------
+
+
+def test_training_example_learns_the_adding_problem() -> None:
+    """examples/variants_train.py (layer norm + recurrent dropout) beats the trivial answer."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "variants_train.py"
+    spec = importlib.util.spec_from_file_location("variants_train", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = example.main(steps=100, length=10, hidden=24)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["mse_after"] < example.TRIVIAL_MSE / 4, result
+    assert result["mse_after"] < result["mse_before"] / 10, result
