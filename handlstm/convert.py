@@ -15,6 +15,7 @@ weights nor consumes the global random number generator.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -71,10 +72,17 @@ def _first_parameter(module: nn.Module) -> torch.Tensor:
     raise ValueError(f"{type(module).__name__} has no parameters to take a device and dtype from")
 
 
+def _build_on_meta(cls: type[M], config: dict[str, Any], dtype: torch.dtype) -> M:
+    """``cls(**config)`` with meta tensors: no memory, no draw from the random generator."""
+    with warnings.catch_warnings():  # the source module already warned about its own config
+        warnings.filterwarnings("ignore", message="dropout option adds dropout")
+        return cls(**config, device="meta", dtype=dtype)
+
+
 def _copy(module: nn.Module, cls: type[M], config: dict[str, Any]) -> M:
     """``cls(**config)`` on ``module``'s device and dtype, holding copies of its parameters."""
     reference = _first_parameter(module)
-    new = cls(**config, device="meta", dtype=reference.dtype)
+    new = _build_on_meta(cls, config, reference.dtype)
     new = new.to_empty(device=reference.device)
     # strict: every parameter and buffer of `new` is overwritten, none keeps to_empty's garbage.
     new.load_state_dict(module.state_dict(), strict=True)
@@ -223,7 +231,7 @@ def _unswappable(module: nn.Module, base: type[nn.Module]) -> str | None:
 def _share(module: nn.Module, target: type[nn.Module], config: dict[str, Any]) -> nn.Module:
     """A ``target`` module holding ``module``'s very ``nn.Parameter`` objects."""
     reference = _first_parameter(module)
-    new = target(**config, device="meta", dtype=reference.dtype)
+    new = _build_on_meta(target, config, reference.dtype)
     for name, param in module.named_parameters(recurse=False):
         setattr(new, name, param)
     leftover = [n for n, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]

@@ -323,3 +323,16 @@ def test_swap_argument_errors():
 
 def test_swap_lstms_is_exported():
     assert handlstm.convert.swap_lstms is swap_lstms
+
+
+def test_conversion_repeats_no_constructor_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nn.Sequential(nn.LSTM(3, 4, dropout=0.5))  # warns once, here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        swap_lstms(model)
+        assert model[0].dropout == 0.5
+        HandLSTM.from_torch(model[0].to_torch())
