@@ -10,8 +10,10 @@ sequence length is a new compile (``dynamic=True`` does not help). Two cheap way
 * a compiled step: compile the LSTM for L=1 and loop over time in Python, carrying ``(h, c)``;
   one graph serves every length, exact for any unidirectional stack (layers, proj_size).
 
-Run: ``python examples/compiled_model.py [backend]`` (default "inductor"; under a minute on CPU,
-most of it compiling; "aot_eager" is faster to compile).
+Run: ``python examples/compiled_model.py [backend]``. The default, "aot_eager" (Dynamo capture
+plus AOTAutograd's forward and backward graphs, run eagerly), takes well under a minute on CPU.
+``python examples/compiled_model.py inductor`` generates C++ kernels: it gives the same results,
+but compiling this unrolled 2-layer model (fwd+bwd, 5 graphs) took minutes on a busy 2-core box.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def run_by_steps(step: nn.Module, x: Tensor, hx: tuple[Tensor, Tensor]) -> Tenso
 
 
 def main(
-    backend: str = "inductor",
+    backend: str = "aot_eager",
     lengths: tuple[int, ...] = (5, 7, 3, 8, 6),
     buckets: tuple[int, ...] = (4, 8),
     seed: int = 0,
