@@ -49,3 +49,19 @@ def test_compiled_model_example_inductor() -> None:
     assert result["output_max_diff"] < 1e-5
     assert result["grad_max_diff"] < 1e-4
     assert result["step_max_diff"] < 1e-5
+
+
+@pytest.mark.slow
+def test_transforms_survey_example() -> None:
+    """Every transform runs on HandLSTM; nn.LSTM fails exactly where docs/works_with.md says."""
+    table = load("transforms_survey").main()
+    for name, (_, mine) in table.items():
+        assert mine == "works" or mine.startswith("skipped"), (name, mine)
+    theirs_fail = {name for name, (theirs, _) in table.items() if theirs.startswith("FAILS")}
+    assert {
+        "vmap over inputs",
+        "per-sample grads vmap(grad)",
+        "compile fullgraph",
+        "cell vmap",
+    } <= theirs_fail
+    assert "jvp" not in theirs_fail and "double backward (eval)" not in theirs_fail
