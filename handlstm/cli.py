@@ -336,6 +336,13 @@ def summary(rows: Sequence[Row], what: str) -> str:
 # -- the command ----------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="handlstm",
@@ -360,7 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
             "(missing file, not a torch checkpoint, a checkpoint that needs "
             "weights_only=False, no LSTM in it)."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
         "path",
@@ -383,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--seed", type=int, default=0, help="seed for weights, inputs and the loss (default 0)"
+    )
+    check.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=(
+            "torch intra-op threads while checking (default 1: the checks use small matrices, "
+            "for which one thread is fastest)"
+        ),
     )
     check.add_argument(
         "--no-progress",
@@ -424,12 +440,15 @@ def check_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         what = args.path
     progress = Progress(len(checks), err, not args.no_progress)
     rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
         for index, check in enumerate(checks, 1):
             progress.update(index, f"{check.label} [{_dtype_name(check.dtype)}]")
             rows.append(run_check(check, args.seed))
     finally:
         progress.close()
+        torch.set_num_threads(threads)
     ok = all(r.ok for r in rows)
     if args.json:
         report = {

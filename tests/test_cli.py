@@ -241,6 +241,13 @@ def test_usage_errors_exit_2(capsys):
     assert cli.main([]) == 2
     assert cli.main(["check", "--bogus"]) == 2
     assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["check", "--threads", "0"]) == 2
+
+
+def test_threads_are_restored(small_checkpoint, capsys):
+    before = torch.get_num_threads()
+    assert cli.main(["check", str(small_checkpoint), "--threads", "2"]) == 0
+    assert torch.get_num_threads() == before
 
 
 # -- progress, help, the module entry point ------------------------------------------------------
@@ -268,7 +275,15 @@ def test_progress_goes_to_a_terminal_stderr_only(small_checkpoint):
 def test_help_explains_every_option(capsys):
     assert cli.main(["check", "--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("PATH", "--json", "--seed", "--no-progress", "weights_only=True", "exit status"):
+    for option in (
+        "PATH",
+        "--json",
+        "--seed",
+        "--threads",
+        "--no-progress",
+        "weights_only=True",
+        "exit status",
+    ):
         assert option in text, option
 
 
