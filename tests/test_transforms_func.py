@@ -206,6 +206,24 @@ def test_vmap_ensemble(config: dict[str, Any], same_input: bool) -> None:
     assert_tree_close(got, expected)
 
 
+def test_vmap_ensemble_times_examples_nested() -> None:
+    """vmap over members outside, over examples inside: (K, B) results equal a double loop."""
+    config = dict(CONFIGS[0][1])
+    members, refs = ensemble(config, 2)
+    params, buffers = stack_module_state(members)  # type: ignore[arg-type]
+    base = copy.deepcopy(members[0]).to("meta")
+    x = torch.randn(3, 5, 2, 3, dtype=DT)  # 3 examples of (L, N, H_in)
+
+    def run(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Any:
+        return functional_call(base, (p, b), (x,))
+
+    got = vmap(vmap(run, in_dims=(None, None, 0)), in_dims=(0, 0, None))(params, buffers, x)
+    for k, ref in enumerate(refs):
+        for i in range(3):
+            out, (h, c) = ref(x[i])
+            assert_tree_close((got[0][k, i], got[1][0][k, i], got[1][1][k, i]), (out, h, c))
+
+
 def test_vmap_ensemble_cell() -> None:
     torch.manual_seed(0)
     refs = [nn.LSTMCell(3, 4, dtype=DT) for _ in range(3)]
