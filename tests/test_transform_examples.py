@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -44,6 +45,7 @@ def test_compiled_model_example() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor on CPU needs a C++ compiler")
 def test_compiled_model_example_inductor() -> None:
     result = load("compiled_model").main(backend="inductor", lengths=(3, 1, 4, 2), buckets=(2, 4))
     assert result["output_max_diff"] < 1e-5

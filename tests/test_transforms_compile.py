@@ -10,6 +10,7 @@ configuration (the one a fast path would take) comes first everywhere.
 from __future__ import annotations
 
 import copy
+import shutil
 from typing import Any
 
 import pytest
@@ -228,6 +229,7 @@ def test_compile_packed_input_without_fullgraph() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor on CPU needs a C++ compiler")
 def test_compile_inductor_matches_eager() -> None:
     torch.manual_seed(0)
     model = Model().float()
