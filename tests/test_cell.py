@@ -83,6 +83,15 @@ def test_gradients_really_compared():
         assert_lstm_close(skewed, expected, x, hx)
 
 
+def test_unbatched_hx_is_read_by_index_like_nn_lstmcell():
+    """Unbatched, torch reads hx[0] and hx[1]: a stacked tensor or a longer tuple works."""
+    actual, expected = pair()
+    x, h, c = torch.randn(3, dtype=F64), torch.randn(4, dtype=F64), torch.randn(4, dtype=F64)
+    for hx in (torch.stack([h, c]), (h, c, h), [h, c]):
+        for a, b in zip(actual(x, hx), expected(x, hx), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_zero_hx_equals_none():
     actual, _ = pair()
     x = torch.randn(2, 3, dtype=F64)
@@ -145,9 +154,17 @@ def bad_forwards():
         "cx hidden mismatch": (x2, (h2, torch.randn(2, H + 1))),
         "hx 3-D": (x2, (torch.randn(1, 2, H), h2)),
         "hx 1-D with 2-D input": (x2, (h1, h1)),
+        "hx 1-D with 2-D input, batch equals hidden": (torch.randn(H, 3), (h1, h1)),
+        "hx 1-D of size N=1 with 2-D input": (torch.randn(1, 3), (torch.randn(1), torch.randn(1))),
+        "c 1-D with 2-D input": (x2, (h2, h1)),
         "hx 2-D with 1-D input": (x1, (h2, h2)),
         "single tensor hx": (x2, h2),
         "three-tensor hx": (x2, (h2, h2, h2)),
+        "one-tensor tuple hx": (x2, (h2,)),
+        "one-tensor tuple hx unbatched": (x1, (h1,)),
+        "None as c_0": (x2, (h2, None)),
+        "0-D tensor hx": (x2, torch.tensor(1.0)),
+        "int hx": (x2, 5),
         "float64 input, float32 weights": (x2.double(), None),
         "float64 hx, float32 weights": (x2, (h2.double(), h2.double())),
     }
@@ -165,7 +182,8 @@ def test_forward_errors_match_nn_lstmcell(case):
         expected(x, hx)
     with pytest.raises(Exception) as hand_error:
         actual(x, hx)
-    assert type(hand_error.value) is type(torch_error.value), (
+    # the same class, or a subclass of it: an `except` written for torch's error catches ours
+    assert isinstance(hand_error.value, type(torch_error.value)), (
         f"{case}: nn.LSTMCell raised {torch_error.value!r}, HandLSTMCell {hand_error.value!r}"
     )
     assert torch.equal(x, x_before)
