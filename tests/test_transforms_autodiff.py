@@ -322,3 +322,15 @@ def test_cell_hessian_vector_product_matches_nn_lstm_cell() -> None:
         return list(torch.autograd.grad(dot, params))
 
     torch.testing.assert_close(hvp(mine), hvp(ref), **TOL)
+
+
+def test_nn_lstm_packed_jvp_fails_measured() -> None:
+    """nn.LSTM's packed kernel under torch.func.jvp (its dual-number path works)."""
+    _, ref = make_pair(dict(CONFIGS[0][1]))
+    packed = pack_padded_sequence(torch.randn(3, 2, 2, dtype=DT), [3, 2])
+
+    def f(data: Tensor) -> Tensor:
+        return ref(packed._replace(data=data))[0].data
+
+    with pytest.raises(RuntimeError, match="storage"):
+        jvp(f, (packed.data,), (torch.ones_like(packed.data),))

@@ -330,3 +330,12 @@ def test_nn_lstm_cell_vmap_fails_measured() -> None:
     ref = nn.LSTMCell(3, 4, dtype=DT)
     with pytest.raises(RuntimeError, match="Batching rule not implemented for aten::lstm_cell"):
         vmap(lambda x: ref(x)[0])(torch.randn(2, 3, dtype=DT))
+
+
+def test_nn_lstm_ensemble_vmap_fails_measured() -> None:
+    refs = [nn.LSTM(3, 4, dtype=DT) for _ in range(2)]
+    params, buffers = stack_module_state(refs)  # type: ignore[arg-type]
+    base = copy.deepcopy(refs[0]).to("meta")
+    x = torch.randn(5, 2, 3, dtype=DT)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented for aten::lstm"):
+        vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
