@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _fast
 from ._cell import DEFAULT_VARIANT, NO_NOISE, CellVariant, StepNoise, layer_norm, lstm_step_gates
 
 
@@ -172,6 +173,8 @@ def run_direction(
     Returns:
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
+    if _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):  # the one fast/composed choice
+        return _fast.run_direction(x, h0, c0, weights, reverse)
     bias = None
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
