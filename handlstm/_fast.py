@@ -48,6 +48,9 @@ _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("handlstm_fast",
 counts: Counter[str] = Counter()
 
 _DTYPES = (torch.float32, torch.float64)
+#: Device types served. Only CPU is measured and tested; benchmarks/cuda_check.py adds "cuda"
+#: temporarily to check and time the fast path on a GPU.
+_DEVICE_TYPES = {"cpu"}
 _TENSOR_TYPES = (Tensor, nn.Parameter)
 
 
@@ -98,7 +101,7 @@ def can_serve(
     if x.dim() != 3 or x.numel() == 0 or h0.numel() == 0:
         return False
     dtype, device = x.dtype, x.device
-    if dtype not in _DTYPES or device.type != "cpu":
+    if dtype not in _DTYPES or device.type not in _DEVICE_TYPES:
         return False
     for t in (x, h0, c0, *weights):
         if t is None:
