@@ -128,7 +128,7 @@ class HandLSTMCell(nn.Module):
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
         h0, c0 = _checks.check_cell_forward(
-            input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype
+            input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype, self.weight_ih
         )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)  # (N, H_in)

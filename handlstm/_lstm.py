@@ -341,8 +341,7 @@ class HandLSTM(nn.Module):
         records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        _checks.check_input(data, 2, self.input_size, self._flat_weights[0].dtype)
-        sizes = _checks.check_batch_sizes(batch_sizes, data.size(0))
+        sizes = _checks.check_packed(input, hx, self.input_size, self._flat_weights[0].dtype)
         h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
@@ -372,11 +371,14 @@ class HandLSTM(nn.Module):
         expected_h = (states, batch, self.output_size)
         expected_c = (states, batch, self.hidden_size)
         if hx is None:
+            _checks.check_devices(x, (), self._flat_weights[0])
             h0 = x.new_zeros(expected_h)
             c0 = x.new_zeros(expected_c)
             return h0, c0
         _checks.check_hidden_size(h0, expected_h, 0)
         _checks.check_hidden_size(c0, expected_c, 1)
+        _checks.check_hx_structure(hx, batched)
+        _checks.check_devices(x, (h0, c0), self._flat_weights[0])
         _checks.check_hx_dtype(h0, x.dtype)
         return h0, c0
 
