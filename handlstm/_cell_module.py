@@ -87,7 +87,7 @@ class HandLSTMCell(nn.Module):
 
     def reset_parameters(self) -> None:
         """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)) in nn.LSTMCell's order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for weight in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             if weight is not None:
                 nn.init.uniform_(weight, -stdv, stdv)

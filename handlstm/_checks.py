@@ -36,7 +36,20 @@ def check_bool(name: str, value: Any) -> None:
 
 
 def check_dropout(dropout: Any, num_layers: int) -> float:
-    """Validate nn.LSTM's ``dropout`` and warn, like torch, when it cannot take effect."""
+    """Validate nn.LSTM's ``dropout`` and warn, like torch, when it cannot take effect.
+
+    torch calls ``float(dropout)`` first, so a value float() rejects raises float()'s class.
+    """
+    message = (
+        "dropout should be a number in range [0, 1] representing the probability of an "
+        f"element being zeroed, got {dropout!r}"
+    )
+    try:
+        float(dropout)
+    except TypeError as error:
+        raise TypeError(message) from error
+    except ValueError as error:
+        raise ValueError(message) from error
     if (
         isinstance(dropout, bool)
         or not isinstance(dropout, numbers.Real)

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -466,3 +467,92 @@ def test_cell_reacts_like_torch(case):
     actual = HandLSTMCell(**config, dtype=F64)
     actual.load_state_dict(expected.state_dict())
     assert_same_reaction(call(expected, input, hx), call(actual, input, hx), mutation, hx)
+
+
+# -- constructor arguments ------------------------------------------------------------------
+
+ODD_ARGUMENTS: list[Any] = [0, -1, 1, 2, 1.0, 2.5, True, False, "3", None, 10**1, [2]]
+LSTM_VALID = dict(
+    input_size=3,
+    hidden_size=4,
+    num_layers=2,
+    bias=True,
+    batch_first=False,
+    dropout=0.0,
+    bidirectional=False,
+    proj_size=0,
+)
+CELL_VALID = dict(input_size=3, hidden_size=4, bias=True)
+
+
+def construct(cls, kwargs) -> tuple[str, Any, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            module = cls(**kwargs)
+        except Exception as error:  # noqa: BLE001 - compared by the caller
+            return "raise", error, []
+    return "ok", module, sorted(str(w.category.__name__) for w in caught)
+
+
+def assert_same_construction(expected_cls, actual_cls, kwargs) -> None:
+    expected = construct(expected_cls, kwargs)
+    actual = construct(actual_cls, kwargs)
+    if expected[0] == "raise":
+        assert actual[0] == "raise", f"{kwargs}: torch raised {expected[1]!r}, ours built"
+        assert isinstance(actual[1], type(expected[1])), (kwargs, expected[1], actual[1])
+        return
+    assert actual[0] == "ok", f"{kwargs}: torch built, ours raised {actual[1]!r}"
+    assert actual[2] == expected[2], f"{kwargs}: warnings {actual[2]} != torch's {expected[2]}"
+    want, got = expected[1].state_dict(), actual[1].state_dict()
+    assert [(k, v.shape) for k, v in got.items()] == [(k, v.shape) for k, v in want.items()]
+    for name in kwargs:
+        if name not in ("device", "dtype"):
+            assert getattr(actual[1], name) == getattr(expected[1], name), name
+    for got_p, want_p in zip(actual[1].parameters(), expected[1].parameters(), strict=True):
+        assert (got_p.device, got_p.dtype) == (want_p.device, want_p.dtype)
+
+
+@pytest.mark.parametrize("name", list(LSTM_VALID))
+@pytest.mark.parametrize("value", ODD_ARGUMENTS, ids=repr)
+def test_lstm_constructor_argument_like_torch(name, value):
+    assert_same_construction(nn.LSTM, HandLSTM, dict(LSTM_VALID, **{name: value}))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(proj_size=4),
+        dict(proj_size=5),
+        dict(proj_size=3),
+        dict(num_layers=1, dropout=0.5),
+        dict(dropout=1.5),
+        dict(dropout=-0.1),
+        dict(dropout=float("nan")),
+        dict(dropout=1),
+        dict(hidden_size=0, proj_size=0),
+        dict(input_size=0),
+        dict(dtype=torch.int64),
+        dict(dtype="float64"),
+        dict(device="meta"),
+        dict(device="nonsense"),
+    ],
+    ids=repr,
+)
+def test_lstm_constructor_combinations_like_torch(extra):
+    assert_same_construction(nn.LSTM, HandLSTM, dict(LSTM_VALID, **extra))
+
+
+@pytest.mark.parametrize("name", list(CELL_VALID))
+@pytest.mark.parametrize("value", ODD_ARGUMENTS, ids=repr)
+def test_cell_constructor_argument_like_torch(name, value):
+    assert_same_construction(nn.LSTMCell, HandLSTMCell, dict(CELL_VALID, **{name: value}))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [dict(dtype=torch.int64), dict(dtype="float64"), dict(device="meta"), dict(device="nonsense")],
+    ids=repr,
+)
+def test_cell_constructor_combinations_like_torch(extra):
+    assert_same_construction(nn.LSTMCell, HandLSTMCell, dict(CELL_VALID, **extra))
