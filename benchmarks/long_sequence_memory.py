@@ -2,8 +2,8 @@
 
 Each (module, length) runs in a fresh subprocess, so peaks do not mix. Two measures:
 
-* ``saved``: bytes of the tensors autograd saves for backward (through
-  ``torch.autograd.graph.saved_tensors_hooks``), the part of memory that grows with T;
+* ``saved``: bytes of the distinct storages behind the tensors autograd saves for backward
+  (through ``torch.autograd.graph.saved_tensors_hooks``), the part of memory that grows with T;
 * ``peak RSS``: the process's peak resident set (``VmHWM``) minus its resident set just before
   the forward, so interpreter and torch are not counted.
 
@@ -41,9 +41,10 @@ def status(field):
                 return int(line.split()[1]) * 1024
     return -1
 
-saved = [0]
+storages = {}
 def pack(t):
-    saved[0] += t.untyped_storage().nbytes()
+    storage = t.untyped_storage()  # count each storage once, however many views are saved
+    storages[storage.data_ptr()] = storage.nbytes()
     return t
 
 before = status("VmRSS:")
@@ -51,7 +52,8 @@ with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
     out, (h, c) = module(x)
 (out.sum() + c.sum()).backward()
 peak = status("VmHWM:")
-print(json.dumps({"kind": kind, "T": length, "saved": saved[0], "peak": peak - before}))
+saved = sum(storages.values())
+print(json.dumps({"kind": kind, "T": length, "saved": saved, "peak": peak - before}))
 """
 
 
