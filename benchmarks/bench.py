@@ -401,6 +401,12 @@ def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def write_json(args: argparse.Namespace, info: dict[str, Any], results: list[Result]) -> None:
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload = {"machine": info, "args": options, "results": [asdict(r) for r in results]}
+    args.json.write_text(json.dumps(payload, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 threads, float32, few rounds")
@@ -458,16 +464,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick and cfg.name != "medium":  # the peer only where its target is
             chosen = [i for i in impls if i != "DPLSTM"]
         results += time_group(cfg, mode, threads, dtype, chosen, rounds, min_run_time)
+        if args.json:  # after every group, so an interrupted run keeps what it measured
+            write_json(args, info, results)
 
     print(f"\nMedian times (us) and median ratios to {BASELINE} ({rounds} interleaved rounds):\n")
     print(markdown_table(results))
     if args.json:
-        payload = {
-            "machine": info,
-            "args": vars(args) | {"json": str(args.json), "png": str(args.png)},
-        }
-        payload["results"] = [asdict(r) for r in results]
-        args.json.write_text(json.dumps(payload, indent=1))
+        write_json(args, info, results)
         print(f"\nraw results written to {args.json}")
     if args.png:
         print(draw_chart(results, args.png))
