@@ -4,7 +4,7 @@ forward and a backward pass, and their version counters did not move."""
 from __future__ import annotations
 
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
@@ -53,6 +53,7 @@ def with_grad(input, hx):
     return input, hx
 
 
+@settings(max_examples=25)
 @given(lstm_cases(max_layers=2, max_len=5))
 def test_lstm_leaves_caller_tensors_untouched(case):
     module = case.make(HandLSTM)
