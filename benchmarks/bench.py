@@ -412,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 threads, float32, few rounds")
     parser.add_argument("--memory", action="store_true", help="peak memory of a training step")
     parser.add_argument("--threads", type=int, nargs="*", help="thread counts (default 1 2)")
-    parser.add_argument("--configs", nargs="*", help="config names (default all)")
+    parser.add_argument(
+        "--configs", nargs="*", choices=[c.name for c in CONFIGS], help="config names (default all)"
+    )
     parser.add_argument("--modes", nargs="*", default=["inference", "train"])
     parser.add_argument("--rounds", type=int, help="interleaved rounds per group")
     parser.add_argument("--float64", action="store_true", help="also time float64")
@@ -423,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    configs = [c for c in CONFIGS if not args.configs or c.name in args.configs]
+    by_name = {c.name: c for c in CONFIGS}
+    configs = [by_name[name] for name in args.configs] if args.configs else list(CONFIGS)
     info = machine()
     print(
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
