@@ -195,6 +195,7 @@ def time_group(
     impls: list[str],
     rounds: int,
     min_run_time: float,
+    cpu_time: bool = False,
 ) -> list[Result]:
     """Time every implementation on one (config, mode, threads, dtype), interleaved by rounds."""
     torch.set_num_threads(threads)
@@ -215,6 +216,7 @@ def time_group(
                 label=f"{mode} {dtype_name(dtype)}",
                 sub_label=cfg.label(),
                 description=impl,
+                timer=time.process_time if cpu_time else time.perf_counter,
             )
             times[impl].append(timer.blocked_autorange(min_run_time=min_run_time).median)
     base = times[BASELINE]
@@ -417,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--modes", nargs="*", default=["inference", "train"])
     parser.add_argument("--rounds", type=int, help="interleaved rounds per group")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with process CPU time instead of wall time (a loaded machine, 1 thread)",
+    )
     parser.add_argument("--float64", action="store_true", help="also time float64")
     parser.add_argument("--json", type=Path, help="write raw results here")
     parser.add_argument("--png", type=Path, help="draw the ratio chart here")
@@ -466,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = impls
         if args.quick and cfg.name != "medium":  # the peer only where its target is
             chosen = [i for i in impls if i != "DPLSTM"]
-        results += time_group(cfg, mode, threads, dtype, chosen, rounds, min_run_time)
+        results += time_group(
+            cfg, mode, threads, dtype, chosen, rounds, min_run_time, args.cpu_time
+        )
         if args.json:  # after every group, so an interrupted run keeps what it measured
             write_json(args, info, results)
 

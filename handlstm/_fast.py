@@ -19,7 +19,8 @@ needed, as one :class:`torch.autograd.Function` with a hand-written backward thr
 
 The fast path is a pure optimisation: :func:`can_serve` sends everything it does not handle to the
 composed path (packed input, variants, tensor subclasses, non-CPU devices, dtypes other than
-float32/float64, autocast, forward-mode AD, ``torch.func`` transforms, ``torch.compile`` /
+float32/float64, single-step sequences (measured faster composed), autocast, forward-mode AD,
+``torch.func`` transforms, ``torch.compile`` /
 ``torch.export`` / ``torch.jit`` tracing, Python dispatch or function modes, empty tensors).
 Nothing is cached between calls, so a changed parameter can never be served stale.
 
@@ -98,8 +99,8 @@ def can_serve(
     """
     if not _ENABLED.get() or batch_sizes is not None or options is not None:
         return False
-    if x.dim() != 3 or x.numel() == 0 or h0.numel() == 0:
-        return False
+    if x.dim() != 3 or x.size(0) < 2 or x.numel() == 0 or h0.numel() == 0:
+        return False  # one step: the composed path measured faster (fewer ops than the setup)
     dtype, device = x.dtype, x.device
     if dtype not in _DTYPES or device.type not in _DEVICE_TYPES:
         return False
@@ -175,9 +176,6 @@ def _forward(
     gates = gates.view(length, batch, 4 * hidden)  # (L, N, 4*H)
     whh_t = weight_hh.t()  # (H_out, 4*H)
     whr_t = None if weight_hr is None else weight_hr.t()  # (H_cell, H_out)
-    if length == 1 and not save:
-        output, h_n, c_n = _infer_one_step(gates[0], h0, c0, whh_t, whr_t)
-        return output, h_n, c_n, None
     output = x.new_empty(length, batch, out_size)  # (L, N, H_out)
     order = range(length - 1, -1, -1) if reverse else range(length)
     if not save:
@@ -208,22 +206,6 @@ def _gate_steps(gates: Tensor) -> tuple[Any, ...]:
     by_gate = gates.view(length, batch, 4, four_h // 4)  # (L, N, 4, H)
     per_gate = [gate.unbind(0) for gate in by_gate.unbind(2)]  # 4 x L x (N, H)
     return (gates.unbind(0), *per_gate, by_gate[:, :, :2].unbind(0))
-
-
-def _infer_one_step(
-    gates: Tensor, h0: Tensor, c0: Tensor, whh_t: Tensor, whr_t: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A sequence of one step without grad: the fewest ops (streaming inference)."""
-    batch, four_h = gates.shape
-    gates.addmm_(h0, whh_t)  # (N, 4*H)
-    ingate, forgetgate, cellgate, outgate = gates.view(batch, 4, four_h // 4).unbind(1)
-    cellgate = cellgate.tanh()
-    gates.sigmoid_()  # i, f and o are right; g was taken before
-    c = torch.addcmul(forgetgate * c0, ingate, cellgate)  # (N, H)
-    h = c.tanh().mul_(outgate)  # (N, H)
-    if whr_t is not None:
-        h = torch.mm(h, whr_t)  # (N, H_out)
-    return h.unsqueeze(0), h.clone(), c
 
 
 def _infer_loop(
