@@ -97,6 +97,9 @@ def can_serve(
         weights: ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``, None where absent.
         options: the variant (see :class:`handlstm._scan.ScanVariant`); only None is served.
     """
+    # First, before anything dynamo cannot trace (a ContextVar read graph-breaks).
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
     if not _ENABLED.get() or batch_sizes is not None or options is not None:
         return False
     if x.dim() != 3 or x.size(0) < 2 or x.numel() == 0 or h0.numel() == 0:

@@ -19,5 +19,7 @@ def test_half_precision_close_to_float32(dtype, tol):
     for a, e in ((out, out32), (h, h32), (c, c32)):
         torch.testing.assert_close(a.float(), e, rtol=tol, atol=tol)
     (out.float().sum()).backward()
-    assert all(p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
-               for p in low.parameters())
+    assert all(
+        p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
+        for p in low.parameters()
+    )

@@ -99,7 +99,10 @@ BAD_FORWARD = {
     "c0 wrong size with proj": ({"proj_size": 2}, x3(5, 2, 3), (x3(2, 2, 2), x3(2, 2, 2))),
     "h0 float32": ({}, x3(5, 2, 3), (x3(2, 2, 4, dtype=torch.float32), x3(2, 2, 4))),
     "hx wrong batch with batch_first": (
-        {"batch_first": True}, x3(2, 5, 3), (x3(2, 5, 4), x3(2, 5, 4))),
+        {"batch_first": True},
+        x3(2, 5, 3),
+        (x3(2, 5, 4), x3(2, 5, 4)),
+    ),
     "unbatched hx wrong size": ({}, x3(5, 3), (x3(2, 5), x3(2, 4))),
 }
 
@@ -121,8 +124,9 @@ def packed(x, lengths):
 
 BAD_PACKED = {
     "wrong feature size": lambda: PackedSequence(x3(8, 2), torch.tensor([2, 2, 2, 2])),
-    "float32 data": lambda: PackedSequence(x3(8, 3, dtype=torch.float32),
-                                           torch.tensor([2, 2, 2, 2])),
+    "float32 data": lambda: PackedSequence(
+        x3(8, 3, dtype=torch.float32), torch.tensor([2, 2, 2, 2])
+    ),
     "3-D data": lambda: PackedSequence(x3(1, 8, 3), torch.tensor([2, 2, 2, 2])),
     "batch sizes do not sum to rows": lambda: PackedSequence(x3(8, 3), torch.tensor([2, 3, 3])),
 }

@@ -42,29 +42,40 @@ GRID = list(itertools.product([True, False], repeat=5))
 
 @pytest.mark.parametrize(("bias", "batch_first", "bidirectional", "proj", "give_hx"), GRID)
 def test_boolean_grid(bias, batch_first, bidirectional, proj, give_hx):
-    config = dict(input_size=3, hidden_size=5, num_layers=2, bias=bias, batch_first=batch_first,
-                  bidirectional=bidirectional, proj_size=2 if proj else 0)
+    config = dict(
+        input_size=3,
+        hidden_size=5,
+        num_layers=2,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+        proj_size=2 if proj else 0,
+    )
     actual, expected = pair(config)
     gen = torch.Generator().manual_seed(1)
     seq = torch.randn(4, 3, 3, generator=gen, dtype=F64)  # (L, N, H_in)
     hx = None
     if give_hx:
         states = 2 * (2 if bidirectional else 1)
-        hx = (torch.randn(states, 3, 2 if proj else 5, generator=gen, dtype=F64),
-              torch.randn(states, 3, 5, generator=gen, dtype=F64))
+        hx = (
+            torch.randn(states, 3, 2 if proj else 5, generator=gen, dtype=F64),
+            torch.randn(states, 3, 5, generator=gen, dtype=F64),
+        )
     x = seq.transpose(0, 1) if batch_first else seq
     assert_lstm_close(actual, expected, x, hx)
     # The same configuration on packed (unsorted) and unbatched input.
-    packed = pack_padded_sequence(x, torch.tensor([2, 4, 1]), batch_first=batch_first,
-                                  enforce_sorted=False)
+    packed = pack_padded_sequence(
+        x, torch.tensor([2, 4, 1]), batch_first=batch_first, enforce_sorted=False
+    )
     assert_lstm_close(actual, expected, packed, hx)
     unbatched_hx = None if hx is None else tuple(s[:, 0] for s in hx)
     assert_lstm_close(actual, expected, seq[:, 0], unbatched_hx)
 
 
 def test_hx_zeros_equals_none():
-    actual, _ = pair(dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
-                          proj_size=2))
+    actual, _ = pair(
+        dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2)
+    )
     x = torch.randn(5, 2, 3, dtype=F64)
     zeros = (torch.zeros(4, 2, 2, dtype=F64), torch.zeros(4, 2, 4, dtype=F64))
     out_none, (h_none, c_none) = actual(x)
@@ -85,8 +96,9 @@ def test_non_contiguous_inputs():
 
 @pytest.mark.parametrize(("seq_len", "batch"), [(1, 1), (1, 4), (6, 1)])
 def test_sequence_length_one_and_batch_one(seq_len, batch):
-    actual, expected = pair(dict(input_size=2, hidden_size=3, num_layers=2, bidirectional=True,
-                                 proj_size=1))
+    actual, expected = pair(
+        dict(input_size=2, hidden_size=3, num_layers=2, bidirectional=True, proj_size=1)
+    )
     assert_lstm_close(actual, expected, torch.randn(seq_len, batch, 2, dtype=F64))
 
 

@@ -20,8 +20,9 @@ def test_named_parameters_and_state_dict_match(config):
     expected, actual = nn.LSTM(**config), HandLSTM(**config)
     assert [n for n, _ in actual.named_parameters()] == [n for n, _ in expected.named_parameters()]
     assert list(actual.state_dict()) == list(expected.state_dict())
-    for (name, a), (_, e) in zip(actual.named_parameters(), expected.named_parameters(),
-                                 strict=True):
+    for (name, a), (_, e) in zip(
+        actual.named_parameters(), expected.named_parameters(), strict=True
+    ):
         assert a.shape == e.shape, name
         assert a.dtype == e.dtype, name
 
@@ -47,8 +48,9 @@ def test_seeded_construction_is_bit_identical(config, seed):
     expected = nn.LSTM(**config)
     torch.manual_seed(seed)
     actual = HandLSTM(**config)
-    for (name, a), (_, e) in zip(actual.named_parameters(), expected.named_parameters(),
-                                 strict=True):
+    for (name, a), (_, e) in zip(
+        actual.named_parameters(), expected.named_parameters(), strict=True
+    ):
         assert torch.equal(a, e), name
     # The generator state after construction is the same too: nothing extra was drawn.
     torch.manual_seed(seed)
@@ -88,8 +90,16 @@ def test_all_weights_and_repr(config):
 
 def test_constructor_positional_keyword_and_attributes():
     args = (3, 6, 2, False, True, 0.25, True, 2)
-    names = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-             "bidirectional", "proj_size")
+    names = (
+        "input_size",
+        "hidden_size",
+        "num_layers",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "proj_size",
+    )
     positional = HandLSTM(*args, dtype=torch.float64)
     keyword = HandLSTM(**dict(zip(names, args, strict=True)), dtype=torch.float64)
     expected = nn.LSTM(*args, dtype=torch.float64)
