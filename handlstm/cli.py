@@ -200,7 +200,11 @@ def load_checkpoint(path: str) -> dict[str, Tensor]:
                 "torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'weights.pt') "
                 "(or model.state_dict()), then check that file."
             ) from None
-        raise CheckpointError(_not_a_checkpoint(path, error)) from None
+        raise CheckpointError(
+            _not_a_checkpoint(path, error) + ". If it is a pickle that only "
+            "torch.load(weights_only=False) would read, handlstm does not load it: unpickling "
+            "can run arbitrary code"
+        ) from None
     except Exception as error:  # torch raises many classes for a file that is not its format
         raise CheckpointError(_not_a_checkpoint(path, error)) from None
     flat: dict[str, Tensor] = {}

@@ -74,14 +74,7 @@ def test_cli_main_refuses_with_exit_2_and_never_runs_the_code(tmp_path, kind):
     [
         "torch.save",
         "pickle-2",
-        pytest.param(
-            "pickle-default",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="handlstm check reports a bare protocol-5 pickle as 'not a torch "
-                "checkpoint (Unsupported operand 149)' without naming weights_only",
-            ),
-        ),
+        "pickle-default",
     ],
 )
 def test_cli_message_names_weights_only(tmp_path, kind):
