@@ -20,15 +20,6 @@ from ._helpers import F64, pair
 SMALL = dict(input_size=2, hidden_size=3)
 
 
-@pytest.fixture(autouse=True)
-def slow_only_when_selected(request):
-    """Until pytest's default options deselect ``slow``, skip those tests unless ``-m`` names
-    them, so a plain ``pytest`` stays within the CI time limit."""
-    asked = request.config.getoption("markexpr", "") or ""
-    if request.node.get_closest_marker("slow") and "slow" not in asked:
-        pytest.skip("slow: run with pytest -m slow tests/reliability")
-
-
 def run_long(length: int, packed: bool = False, config: dict | None = None) -> None:
     actual, expected = pair(config or SMALL)
     gen = torch.Generator().manual_seed(0)
