@@ -33,6 +33,7 @@ from ._compare import (
     make_input,
     tolerances,
 )
+from .convert import LSTM_KEYS
 
 try:
     from hypothesis import strategies as st
@@ -105,16 +106,8 @@ class CellCase:
         return module
 
 
-LSTM_FLAGS = (
-    "input_size",
-    "hidden_size",
-    "num_layers",
-    "bias",
-    "batch_first",
-    "dropout",
-    "bidirectional",
-    "proj_size",
-)
+#: nn.LSTM's constructor arguments that strategies draw (and ``fixed=`` may pin).
+LSTM_FLAGS = LSTM_KEYS
 
 
 def _check_fixed(fixed: Mapping[str, Any] | None, allowed: Sequence[str]) -> dict[str, Any]:
