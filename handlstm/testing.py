@@ -60,6 +60,20 @@ __all__ = [
 ]
 
 
+def _build(
+    cls: Callable[..., nn.Module],
+    config: dict[str, Any],
+    dtype: torch.dtype,
+    state_dict: dict[str, Tensor] | None,
+    extra: dict[str, Any],
+) -> nn.Module:
+    """``cls(**config, **extra)`` in ``dtype``, loading ``state_dict`` if given."""
+    module = cls(**config, dtype=dtype, **extra)
+    if state_dict is not None:
+        module.load_state_dict(state_dict)
+    return module
+
+
 @dataclass
 class LSTMCase:
     """One drawn test case: an nn.LSTM configuration and an input (and maybe hx) that fit it."""
@@ -78,10 +92,7 @@ class LSTMCase:
         **extra: Any,
     ) -> nn.Module:
         """Build ``cls(**config)`` in this case's dtype, loading ``state_dict`` if given."""
-        module = cls(**self.config, dtype=self.dtype, **extra)
-        if state_dict is not None:
-            module.load_state_dict(state_dict)
-        return module
+        return _build(cls, self.config, self.dtype, state_dict, extra)
 
 
 @dataclass
@@ -100,10 +111,8 @@ class CellCase:
         state_dict: dict[str, Tensor] | None = None,
         **extra: Any,
     ) -> nn.Module:
-        module = cls(**self.config, dtype=self.dtype, **extra)
-        if state_dict is not None:
-            module.load_state_dict(state_dict)
-        return module
+        """Build ``cls(**config)`` in this case's dtype, loading ``state_dict`` if given."""
+        return _build(cls, self.config, self.dtype, state_dict, extra)
 
 
 #: nn.LSTM's constructor arguments that strategies draw (and ``fixed=`` may pin).
