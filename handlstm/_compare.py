@@ -193,7 +193,7 @@ def _compare_tensor(name: str, a: Tensor, e: Tensor, rtol: float, atol: float) -
     worst = int(torch.argmax(excess))
     ok = float(excess.reshape(-1)[worst]) <= 0
     flat = worst if not ok else int(torch.argmax(diff))
-    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a64.shape))
+    where = unravel(flat, tuple(a64.shape))
     return Difference(
         name,
         float(diff.max()),
@@ -203,6 +203,19 @@ def _compare_tensor(name: str, a: Tensor, e: Tensor, rtol: float, atol: float) -
         ok,
         allowed=float(allowed[where]),
     )
+
+
+def unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The multi-index of element ``flat`` of a C-contiguous tensor of ``shape``.
+
+    Plain integer arithmetic: ``torch.unravel_index`` imports sympy on first use (about half a
+    second), which made a first comparison miss hypothesis's default deadline.
+    """
+    index = []
+    for size in reversed(shape):
+        flat, rest = divmod(flat, size)
+        index.append(rest)
+    return tuple(reversed(index))
 
 
 def compare_modules(

@@ -244,3 +244,46 @@ def test_import_without_hypothesis_says_how_to_install():
     assert "IMPORT-ERROR:" in result.stdout
     assert "pip install hypothesis" in result.stdout
     assert "handlstm[test]" in result.stdout
+
+
+# -- the first comparison is cheap ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 1, 4), (1, 1, 1), (4, 3, 2, 5)])
+def test_unravel_points_at_the_flat_element(shape):
+    from handlstm._compare import unravel
+
+    t = torch.arange(torch.Size(shape).numel()).reshape(shape)
+    for flat in range(t.numel()):
+        assert int(t[unravel(flat, shape)]) == flat
+
+
+def test_a_first_failing_comparison_imports_no_sympy():
+    """torch.unravel_index imports sympy on first use (~0.5 s): a first property-test example
+    then missed hypothesis's 200 ms deadline. The comparator must not need it."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import torch
+        from handlstm import HandLSTM
+        from handlstm.testing import assert_lstm_close
+        ref = torch.nn.LSTM(1, 1).double()
+        mine = HandLSTM(1, 1).double()
+        mine.load_state_dict(ref.state_dict())
+        x = torch.randn(1, 1, 1, dtype=torch.float64)
+        assert_lstm_close(mine, ref, x)
+        with torch.no_grad():
+            mine.weight_ih_l0.add_(1.0)
+        try:
+            assert_lstm_close(mine, ref, x)
+        except AssertionError as error:
+            print("FAILED-AS-EXPECTED", "at index (" in str(error))
+        print("SYMPY-IMPORTED", "sympy" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "FAILED-AS-EXPECTED True" in result.stdout
+    assert "SYMPY-IMPORTED False" in result.stdout
