@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +11,9 @@ from torch import Tensor, nn
 
 from . import _checks, _variants
 from ._cell import layer_norm, lstm_step
-from ._options import SEQUENCE_ONLY, LSTMOptions, fields_of
+from ._options import CELL_OPTIONS, NEUTRAL, Activation, LSTMOptions, refuse_unknown_options
 
-#: The variant options a single step can take (the others need a sequence or a projection).
-CELL_OPTIONS = tuple(name for name in fields_of(LSTMOptions) if name not in SEQUENCE_ONLY)
+__all__ = ["CELL_OPTIONS", "HandLSTMCell"]
 
 
 class HandLSTMCell(nn.Module):
@@ -61,10 +60,20 @@ class HandLSTMCell(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        **options: Any,
+        *,
+        layer_norm: bool = NEUTRAL.layer_norm,
+        peepholes: bool = NEUTRAL.peepholes,
+        zoneout_h: float = NEUTRAL.zoneout_h,
+        zoneout_c: float = NEUTRAL.zoneout_c,
+        forget_bias: float | None = NEUTRAL.forget_bias,
+        gate_activation: Activation = NEUTRAL.gate_activation,
+        cell_activation: Activation = NEUTRAL.cell_activation,
+        cell_clip: float | None = NEUTRAL.cell_clip,
+        **not_an_option: NoReturn,
     ) -> None:
         super().__init__()
-        self.options = LSTMOptions.build(options, CELL_OPTIONS)
+        refuse_unknown_options("HandLSTMCell", not_an_option, CELL_OPTIONS)
+        self.options = LSTMOptions.from_arguments(locals(), CELL_OPTIONS)
         self.options.check_module(bias)
         _checks.check_cell_args(input_size, hidden_size, bias)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, NoReturn, overload
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks, _variants
-from ._options import LSTMOptions
+from ._options import LSTM_OPTIONS, NEUTRAL, Activation, LSTMOptions, refuse_unknown_options
 from ._scan import DirectionWeights, ScanVariant, run_direction
 
 
@@ -110,10 +110,24 @@ class HandLSTM(nn.Module):
         proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        **options: Any,
+        *,
+        layer_norm: bool = NEUTRAL.layer_norm,
+        peepholes: bool = NEUTRAL.peepholes,
+        input_dropout: float = NEUTRAL.input_dropout,
+        recurrent_dropout: float = NEUTRAL.recurrent_dropout,
+        weight_drop: float = NEUTRAL.weight_drop,
+        zoneout_h: float = NEUTRAL.zoneout_h,
+        zoneout_c: float = NEUTRAL.zoneout_c,
+        forget_bias: float | None = NEUTRAL.forget_bias,
+        gate_activation: Activation = NEUTRAL.gate_activation,
+        cell_activation: Activation = NEUTRAL.cell_activation,
+        cell_clip: float | None = NEUTRAL.cell_clip,
+        proj_clip: float | None = NEUTRAL.proj_clip,
+        **not_an_option: NoReturn,
     ) -> None:
         super().__init__()
-        self.options = LSTMOptions.build(options)
+        refuse_unknown_options("HandLSTM", not_an_option, LSTM_OPTIONS)
+        self.options = LSTMOptions.from_arguments(locals(), LSTM_OPTIONS)
         self.options.check_module(bias, proj_size)
         self.dropout = _checks.check_lstm_args(
             input_size,

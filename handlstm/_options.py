@@ -7,8 +7,9 @@ the per-call tensors built from it in :mod:`handlstm._variants`), never as loose
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -63,6 +64,11 @@ class LSTMOptions:
     cell_activation: Activation = torch.tanh
     cell_clip: float | None = None
     proj_clip: float | None = None
+
+    @classmethod
+    def from_arguments(cls, values: Mapping[str, Any], names: tuple[str, ...]) -> LSTMOptions:
+        """Validate the options ``names`` taken from ``values`` (a constructor's ``locals()``)."""
+        return cls.build({name: values[name] for name in names}, names)
 
     @classmethod
     def build(cls, options: dict[str, Any], allowed: tuple[str, ...] | None = None) -> LSTMOptions:
@@ -123,6 +129,48 @@ class LSTMOptions:
 def fields_of(cls: type) -> tuple[str, ...]:
     """The option names of an options dataclass, in declaration order."""
     return tuple(f.name for f in fields(cls))
+
+
+#: The options at their neutral values: the constructors' keyword defaults read from here.
+NEUTRAL = LSTMOptions()
+#: HandLSTM's keyword-only options, in declaration order.
+LSTM_OPTIONS = fields_of(LSTMOptions)
+#: HandLSTMCell's: the options a single step can take (the others need a sequence).
+CELL_OPTIONS = tuple(name for name in LSTM_OPTIONS if name not in SEQUENCE_ONLY)
+
+#: Why HandLSTMCell does not take the sequence-only options.
+_NOT_FOR_A_CELL = {
+    "input_dropout": "input_dropout keeps one mask per sequence, which a single step cannot",
+    "recurrent_dropout": "recurrent_dropout keeps one mask per sequence, which a single step "
+    "cannot",
+    "weight_drop": "weight_drop keeps one dropped weight_hh per sequence, which a single step "
+    "cannot",
+    "proj_clip": "proj_clip clips a projection, which nn.LSTMCell does not have",
+}
+
+
+def refuse_unknown_options(
+    owner: str, unknown: Mapping[str, Any], options: tuple[str, ...]
+) -> None:
+    """Raise TypeError for keyword arguments a constructor does not take (its ``**unknown``).
+
+    The constructors' options are real keyword-only parameters (IDEs complete them); the
+    catch-all ``**not_an_option: NoReturn`` that collects anything else makes a type checker
+    reject a misspelt option and lets this message list the valid ones, suggest the nearest,
+    and say why a cell does not take a sequence-only option.
+    """
+    if unknown:
+        raise TypeError(_unknown_message(owner, next(iter(unknown)), options))
+
+
+def _unknown_message(owner: str, name: str, options: tuple[str, ...]) -> str:
+    message = f"{owner}() got an unexpected keyword argument {name!r}"
+    if name in SEQUENCE_ONLY:
+        reason = _NOT_FOR_A_CELL[name]
+        return f"{message}: {reason}; use HandLSTM. Valid variant options: " + ", ".join(options)
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{message}{hint}; valid variant options: " + ", ".join(options)
 
 
 def _callable_name(fn: Any) -> str:
