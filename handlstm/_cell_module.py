@@ -21,17 +21,29 @@ class HandLSTMCell(nn.Module):
 
     Shapes: N batch, H_in = ``input_size``, H = ``hidden_size``.
 
+    The arguments up to ``dtype`` are nn.LSTMCell's. Every one after is a keyword-only variant
+    option that acts within one step, neutral by default (then the cell is exactly
+    nn.LSTMCell), kept in ``self.options`` (a :class:`handlstm.LSTMOptions`). Input and
+    recurrent dropout and weight drop keep one mask per sequence, which one step cannot: use
+    HandLSTM; ``proj_clip`` needs a projection, which nn.LSTMCell does not have.
+
     Args:
         input_size: H_in, features of the input.
         hidden_size: H, features of h and c.
         bias: use ``bias_ih`` and ``bias_hh``. Default True.
-        device, dtype: where and in what type the parameters are created.
-        **options: keyword-only variant options that act within one step, all neutral by
-            default: ``layer_norm``, ``peepholes``, ``zoneout_h``, ``zoneout_c`` (a fresh mask
-            per call in training, the expectation in eval), ``forget_bias``,
-            ``gate_activation``, ``cell_activation``, ``cell_clip``. Input and recurrent
-            dropout and weight drop need a whole sequence (use HandLSTM); proj_clip needs a
-            projection. See ``docs/variants.md``.
+        device: where the parameters are created.
+        dtype: the parameters' dtype.
+        layer_norm: as in :class:`handlstm.HandLSTM` (parameters without the layer suffix:
+            ``ln_weight_ih``, ...). Default False.
+        peepholes: as in HandLSTM (``weight_ci``, ``weight_cf``, ``weight_co``). Default False.
+        zoneout_h: keep the previous h per unit with this probability: a fresh mask per call
+            in training, the expectation in eval. Default 0.
+        zoneout_c: the same for c. Default 0.
+        forget_bias: as in HandLSTM (init only). Default None.
+        gate_activation: for i, f, o. Default ``torch.sigmoid``.
+        cell_activation: for g and for c in ``h_1``. Default ``torch.tanh``.
+        cell_clip: clip ``c_1`` to ``[-cell_clip, cell_clip]``. Default None.
+        **not_an_option: nothing: any other keyword raises TypeError saying why.
 
     Inputs: input, (h_0, c_0)
         - **input**: ``(N, H_in)`` or unbatched ``(H_in,)``.
@@ -136,6 +148,28 @@ class HandLSTMCell(nn.Module):
     def forward(
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
+        """One step, as ``nn.LSTMCell.forward``.
+
+        Shapes: N batch, H_in = ``input_size``, H = ``hidden_size``.
+
+        Args:
+            input: ``(N, H_in)``, or unbatched ``(H_in,)``.
+            hx: ``(h_0, c_0)``, each ``(N, H)`` (``(H,)`` unbatched). Zeros when None.
+
+        Returns:
+            ``(h_1, c_1)``, each ``(N, H)`` (``(H,)`` unbatched).
+
+        Raises:
+            RuntimeError, ValueError, TypeError: for bad input, the class ``nn.LSTMCell``
+                raises, with a message saying what was expected and what was got.
+
+        Example:
+            >>> cell = HandLSTMCell(4, 3)
+            >>> h, c = cell(torch.randn(2, 4))                      # (N, H_in)
+            >>> h, c = cell(torch.randn(2, 4), (h, c))              # (N, H) x 2 -> (N, H) x 2
+            >>> h.shape
+            torch.Size([2, 3])
+        """
         h0, c0 = _checks.check_cell_forward(
             input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype, self.weight_ih
         )

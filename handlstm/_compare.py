@@ -46,6 +46,7 @@ class Difference:
     allowed: float | None = None
 
     def describe(self) -> str:
+        """One line: the name, the largest difference, where it is and both values there."""
         if self.reason:
             return f"{self.name}: {self.reason}"
         text = (

@@ -51,6 +51,13 @@ class HandLSTM(nn.Module):
     Shapes: N batch, L sequence length, D = 2 if bidirectional else 1, H_in = ``input_size``,
     H_cell = ``hidden_size``, H_out = ``proj_size`` if it is > 0 else ``hidden_size``.
 
+    The arguments up to ``dtype`` are nn.LSTM's. Every one after is a keyword-only variant
+    option, neutral by default (with all of them neutral the module is exactly nn.LSTM, state
+    dict included); they compose with each other and with every configuration, and are kept in
+    ``self.options``, a frozen :class:`handlstm.LSTMOptions`. Variant parameters are registered
+    after nn.LSTM's under its naming (``ln_weight_ih_l0``, ``weight_ci_l1_reverse``, ...), so an
+    nn.LSTM checkpoint loads with ``strict=False``.
+
     Args:
         input_size: H_in, features of the input.
         hidden_size: H_cell, features of the cell state.
@@ -60,12 +67,29 @@ class HandLSTM(nn.Module):
         dropout: dropout probability on each layer's output but the last, in training. Default 0.
         bidirectional: run a second, reversed direction per layer. Default False.
         proj_size: if > 0, project h to this size with ``weight_hr`` (LSTMP). Default 0.
-        device, dtype: where and in what type the parameters are created.
-        **options: keyword-only variant options, all neutral by default (then this is exactly
-            nn.LSTM): ``layer_norm``, ``peepholes``, ``input_dropout``, ``recurrent_dropout``,
-            ``weight_drop``, ``zoneout_h``, ``zoneout_c``, ``forget_bias``,
-            ``gate_activation``, ``cell_activation``, ``cell_clip``, ``proj_clip``. See
-            :class:`handlstm._options.LSTMOptions` and ``docs/variants.md``.
+        device: where the parameters are created.
+        dtype: the parameters' dtype.
+        layer_norm: layer-normalise ``W_ih x`` and ``W_hh h`` separately (gains
+            ``ln_weight_ih``, ``ln_weight_hh``; the biases are the shifts) and ``c_t`` where it
+            enters ``h_t`` (``ln_weight_c``, ``ln_bias_c``). Default False.
+        peepholes: diagonal weights ``weight_ci``, ``weight_cf`` from ``c_{t-1}`` into i and f,
+            ``weight_co`` from ``c_t`` into o. Default False.
+        input_dropout: variational dropout on each layer's input, one mask per sequence.
+            Default 0 (like every probability here, applied in training only).
+        recurrent_dropout: variational dropout on the ``h_{t-1}`` fed to ``W_hh``, one mask
+            per sequence, layer and direction. Default 0.
+        weight_drop: DropConnect on ``weight_hh``, one mask per forward call. Default 0.
+        zoneout_h: probability of keeping the previous h per unit and step (in eval, the
+            expectation). Default 0.
+        zoneout_c: the same for c. Default 0.
+        forget_bias: if not None, initialise the forget block of ``b_ih`` to it and that of
+            ``b_hh`` to 0 (init only; needs ``bias``). Default None.
+        gate_activation: for i, f, o. Default ``torch.sigmoid``.
+        cell_activation: for g and for c in ``h_t``. Default ``torch.tanh``.
+        cell_clip: clip ``c_t`` to ``[-cell_clip, cell_clip]``. Default None (no clipping).
+        proj_clip: clip the projected ``h_t`` likewise (needs ``proj_size > 0``). Default None.
+        **not_an_option: nothing: a misspelt option raises TypeError listing the valid ones
+            (and a type checker rejects it).
 
     Inputs: input, (h_0, c_0)
         - **input**: ``(L, H_in)`` unbatched, ``(L, N, H_in)``, ``(N, L, H_in)`` with
@@ -168,6 +192,7 @@ class HandLSTM(nn.Module):
 
     @property
     def num_directions(self) -> int:
+        """D: 2 if ``bidirectional`` else 1."""
         return 2 if self.bidirectional else 1
 
     @property
@@ -296,6 +321,36 @@ class HandLSTM(nn.Module):
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        """Run every layer and direction over ``input``, as ``nn.LSTM.forward`` does.
+
+        Shapes: N batch, L sequence length, D = 2 if bidirectional else 1, H_in =
+        ``input_size``, H_cell = ``hidden_size``, H_out = ``proj_size`` or ``hidden_size``.
+
+        Args:
+            input: ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, unbatched
+                ``(L, H_in)``, or a :class:`~torch.nn.utils.rnn.PackedSequence` of
+                ``(sum(batch_sizes), H_in)`` data (sorted or not).
+            hx: ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
+                ``(D*num_layers, N, H_cell)`` (without the N axis for unbatched input; for
+                packed input in the original, unsorted batch order). Zeros when None.
+
+        Returns:
+            ``(output, (h_n, c_n))``: ``output`` is the last layer's h at every step,
+            ``(L, N, D*H_out)`` (``(N, L, D*H_out)`` with ``batch_first``, ``(L, D*H_out)``
+            unbatched, or a PackedSequence with the input's batch sizes and indices);
+            ``h_n`` and ``c_n`` are every layer's and direction's final states, shaped like
+            ``h_0`` and ``c_0``; for packed input each sequence's own last valid step.
+
+        Raises:
+            RuntimeError, ValueError, TypeError, IndexError: for bad input, the class
+                ``nn.LSTM`` raises, with a message saying what was expected and what was got.
+
+        Example:
+            >>> lstm = HandLSTM(4, 3, batch_first=True)
+            >>> output, (h_n, c_n) = lstm(torch.randn(2, 5, 4))     # (N, L, H_in)
+            >>> output.shape, h_n.shape                             # (N, L, H_out), (1, N, H_out)
+            (torch.Size([2, 5, 3]), torch.Size([1, 2, 3]))
+        """
         return self._forward(input, hx, None)
 
     def forward_with_states(
