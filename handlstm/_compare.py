@@ -6,7 +6,7 @@ needs nothing but torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,19 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 LSTMInput = Tensor | PackedSequence
 INPUT_KINDS = ("dense", "unbatched", "packed_sorted", "packed_unsorted")
 HX = tuple[Tensor, Tensor] | Tensor | None
+#: How an implementation names nn.LSTM's parameters: ``{"weight_ih_l0": "layers.0.w_x", ...}``
+#: (names not listed are the same) or a function from nn.LSTM's name to yours.
+ParameterNames = Mapping[str, str] | Callable[[str], str]
+
+
+def parameter_name(names: ParameterNames | None, name: str) -> str:
+    """The implementation's name for nn.LSTM's parameter ``name``."""
+    if names is None:
+        return name
+    if callable(names):
+        return names(name)
+    return names.get(name, name)
+
 
 # (rtol, atol) per dtype: float64 to rounding, float32 to a few ulps of a long sum.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -230,16 +243,35 @@ def compare_modules(
     grad: bool = True,
     seed: int = 0,
     run: Callable[..., dict[str, Tensor]] = run_with_grads,
+    parameter_names: ParameterNames | None = None,
 ) -> list[Difference]:
-    """Run both modules on copies of the same input and compare everything they produce."""
+    """Run both modules on copies of the same input and compare everything they produce.
+
+    ``parameter_names`` maps ``expected``'s parameter names to ``actual``'s where they differ
+    (see :func:`assert_lstm_close`).
+    """
     __tracebackhide__ = True
     data = input.data if isinstance(input, PackedSequence) else input
     default_rtol, default_atol = tolerances(data.dtype)
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    return compare_results(
-        run(actual, input, hx, seed, grad), run(expected, input, hx, seed, grad), rtol, atol
-    )
+    actual_results = run(actual, input, hx, seed, grad)
+    expected_results = run(expected, input, hx, seed, grad)
+    if parameter_names is not None:
+        actual_results = _as_expected_names(actual_results, expected_results, parameter_names)
+    return compare_results(actual_results, expected_results, rtol, atol)
+
+
+def _as_expected_names(
+    actual: dict[str, Tensor], expected: dict[str, Tensor], names: ParameterNames
+) -> dict[str, Tensor]:
+    """``actual``'s results with its parameters' gradients renamed to ``expected``'s names."""
+    theirs = {
+        "grad." + parameter_name(names, key[5:]): key
+        for key in expected
+        if key.startswith("grad.") and key not in ("grad.input",) and not key.startswith("grad.hx[")
+    }
+    return {theirs.get(key, key): value for key, value in actual.items()}
 
 
 def assert_lstm_close(
@@ -252,6 +284,7 @@ def assert_lstm_close(
     atol: float | None = None,
     check_grad: bool = True,
     seed: int = 0,
+    parameter_names: ParameterNames | None = None,
 ) -> None:
     """Assert two recurrent modules agree on outputs, final states and every gradient.
 
@@ -261,7 +294,24 @@ def assert_lstm_close(
     Tolerances default by dtype: 1e-10 for float64, 1e-5 for float32.
 
     Works for LSTMs (``(output, (h_n, c_n))``) and cells (``(h, c)``). Modules with dropout
-    must be in eval mode or have ``dropout=0``.
+    must be in eval mode or have ``dropout=0``. For something that is not a module (a
+    function of the weights, an onnxruntime session), wrap it in :class:`FunctionLSTM`.
+
+    Args:
+        actual: the module under test.
+        expected: the oracle (``nn.LSTM``, ``nn.LSTMCell`` or a HandLSTM) holding the same
+            weights.
+        input: a Tensor or PackedSequence, as the modules take it.
+        hx: initial states, or None.
+        rtol: relative tolerance; by default by dtype (see above).
+        atol: absolute tolerance; by default by dtype.
+        check_grad: also compare the gradients (False for implementations without autograd,
+            such as an onnxruntime session).
+        seed: seeds the random projection that is backpropagated.
+        parameter_names: where ``actual`` names its parameters differently, a mapping from
+            ``expected``'s names to ``actual``'s (``{"weight_ih_l0": "w_x"}``; names left out
+            are the same) or a function doing the same; their gradients are then compared
+            under ``expected``'s names.
 
     Raises:
         AssertionError: naming each tensor that differs, the index of the largest difference,
@@ -278,7 +328,15 @@ def assert_lstm_close(
     """
     __tracebackhide__ = True  # pytest: report the caller's line and the message, not this body
     diffs = compare_modules(
-        actual, expected, input, hx, rtol=rtol, atol=atol, grad=check_grad, seed=seed
+        actual,
+        expected,
+        input,
+        hx,
+        rtol=rtol,
+        atol=atol,
+        grad=check_grad,
+        seed=seed,
+        parameter_names=parameter_names,
     )
     described = [(d.ok, d.describe()) for d in diffs]  # every one, passing or not (see below)
     failures = [text for ok, text in described if not ok]

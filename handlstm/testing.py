@@ -11,11 +11,18 @@ Strategies draw an LSTM configuration together with inputs that fit it, so a tes
         actual = case.make(MyLSTM, state_dict=expected.state_dict())
         assert_lstm_close(actual, expected, case.input, case.hx)
 
+An implementation whose constructor or parameters are named differently says how
+(``case.make(MyLSTM, state_dict, arguments={"hidden_size": "units", "proj_size": None},
+parameter_names={"weight_ih_l0": "w_x", ...})``, and the same ``parameter_names`` to
+:func:`assert_lstm_close`); one that is not an ``nn.Module`` (a function of the weights, an
+exported program, an onnxruntime session) is wrapped in :class:`FunctionLSTM`.
+
 Needs hypothesis (``pip install hypothesis``, or ``pip install "handlstm[test]"``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +34,15 @@ from torch.nn.utils.rnn import PackedSequence
 from ._compare import (
     INPUT_KINDS,
     Difference,
+    ParameterNames,
     assert_lstm_close,
     compare_modules,
     make_hx,
     make_input,
+    parameter_name,
     tolerances,
 )
+from ._function import FunctionLSTM
 from .convert import LSTM_KEYS
 
 try:
@@ -45,6 +55,8 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 __all__ = [
     "Difference",
+    "FunctionLSTM",
+    "ParameterNames",
     "LSTMCase",
     "CellCase",
     "INPUT_KINDS",
@@ -60,18 +72,59 @@ __all__ = [
 ]
 
 
+def _defaults(cls: Callable[..., Any]) -> dict[str, Any]:
+    """Keyword defaults of ``cls``'s constructor (nn.LSTM's live on RNNBase)."""
+    target = nn.RNNBase if cls is nn.LSTM else cls
+    return {
+        name: p.default
+        for name, p in inspect.signature(target).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def _build(
     cls: Callable[..., nn.Module],
+    oracle: type[nn.Module],
     config: dict[str, Any],
     dtype: torch.dtype,
-    state_dict: dict[str, Tensor] | None,
+    state_dict: Mapping[str, Tensor] | None,
+    arguments: Mapping[str, str | None] | None,
+    parameter_names: ParameterNames | None,
     extra: dict[str, Any],
 ) -> nn.Module:
-    """``cls(**config, **extra)`` in ``dtype``, loading ``state_dict`` if given."""
-    module = cls(**config, dtype=dtype, **extra)
+    """``cls(**config, dtype=dtype, **extra)`` with ``arguments`` renamed or left out, cast to
+    ``dtype`` when ``dtype`` is left out, loading ``state_dict`` (keys renamed) if given."""
+    kwargs: dict[str, Any] = {**config, "dtype": dtype}
+    defaults = _defaults(oracle)
+    cast = False
+    for name, theirs in (arguments or {}).items():
+        if name not in kwargs:
+            raise ValueError(
+                f"arguments names {name!r}, which is not one of the case's arguments "
+                f"{sorted(kwargs)}"
+            )
+        value = kwargs.pop(name)
+        if theirs is not None:
+            kwargs[theirs] = value
+        elif name == "dtype":
+            cast = True
+        elif name not in defaults or value != defaults[name]:
+            pin = f"; pin it: fixed={{{name!r}: {defaults[name]!r}}}" if name in defaults else ""
+            raise ValueError(
+                f"{_name(cls)} does not take {name!r} (arguments={{{name!r}: None}}), but this "
+                f"case has {name}={value!r}{pin}"
+            )
+    module = cls(**kwargs, **extra)
+    if cast:
+        module = module.to(dtype)
     if state_dict is not None:
-        module.load_state_dict(state_dict)
+        renamed = {parameter_name(parameter_names, k): v for k, v in state_dict.items()}
+        module.load_state_dict(renamed)
     return module
+
+
+def _name(cls: Any) -> str:
+    return getattr(cls, "__qualname__", None) or repr(cls)
 
 
 @dataclass
@@ -88,11 +141,36 @@ class LSTMCase:
     def make(
         self,
         cls: Callable[..., nn.Module] = nn.LSTM,
-        state_dict: dict[str, Tensor] | None = None,
+        state_dict: Mapping[str, Tensor] | None = None,
+        *,
+        arguments: Mapping[str, str | None] | None = None,
+        parameter_names: ParameterNames | None = None,
         **extra: Any,
     ) -> nn.Module:
-        """Build ``cls(**config)`` in this case's dtype, loading ``state_dict`` if given."""
-        return _build(cls, self.config, self.dtype, state_dict, extra)
+        """Build ``cls`` for this case: ``cls(**config, dtype=dtype, **extra)``.
+
+        Args:
+            cls: the class (or any factory returning a module) taking nn.LSTM's keyword
+                arguments; the default builds the oracle itself.
+            state_dict: weights to load, under nn.LSTM's names (e.g. the oracle's
+                ``state_dict()``).
+            arguments: for a constructor that differs from nn.LSTM's: maps nn.LSTM's
+                argument names (and ``dtype``) to ``cls``'s, ``{"hidden_size": "units"}``;
+                None leaves one out, ``{"proj_size": None}``, which is allowed when the case
+                holds nn.LSTM's default for it (pin it with ``fixed=``) and, for ``dtype``,
+                casts the built module with ``.to(dtype)``.
+            parameter_names: where ``cls`` names its parameters differently: nn.LSTM's name
+                to ``cls``'s (a mapping, names left out being the same, or a function); the
+                ``state_dict`` keys are renamed so. Pass the same to
+                :func:`assert_lstm_close`.
+            **extra: more keyword arguments for ``cls``.
+
+        Raises:
+            ValueError: an ``arguments`` entry the case cannot honour.
+        """
+        return _build(
+            cls, nn.LSTM, self.config, self.dtype, state_dict, arguments, parameter_names, extra
+        )
 
 
 @dataclass
@@ -108,11 +186,24 @@ class CellCase:
     def make(
         self,
         cls: Callable[..., nn.Module] = nn.LSTMCell,
-        state_dict: dict[str, Tensor] | None = None,
+        state_dict: Mapping[str, Tensor] | None = None,
+        *,
+        arguments: Mapping[str, str | None] | None = None,
+        parameter_names: ParameterNames | None = None,
         **extra: Any,
     ) -> nn.Module:
-        """Build ``cls(**config)`` in this case's dtype, loading ``state_dict`` if given."""
-        return _build(cls, self.config, self.dtype, state_dict, extra)
+        """Build ``cls`` for this case, as :meth:`LSTMCase.make` does with nn.LSTMCell's
+        arguments (``input_size``, ``hidden_size``, ``bias``) and defaults."""
+        return _build(
+            cls,
+            nn.LSTMCell,
+            self.config,
+            self.dtype,
+            state_dict,
+            arguments,
+            parameter_names,
+            extra,
+        )
 
 
 #: nn.LSTM's constructor arguments that strategies draw (and ``fixed=`` may pin).

@@ -287,3 +287,130 @@ def test_a_first_failing_comparison_imports_no_sympy():
     assert result.returncode == 0, result.stderr
     assert "FAILED-AS-EXPECTED True" in result.stdout
     assert "SYMPY-IMPORTED False" in result.stdout
+
+
+# -- other constructors and parameter names -------------------------------------------------------
+
+
+class Renamed(nn.Module):
+    """An LSTM whose constructor and parameters are named its own way (a HandLSTM inside)."""
+
+    def __init__(self, n_in: int, units: int, layers: int = 1) -> None:
+        super().__init__()
+        self.core = HandLSTM(n_in, units, layers)
+
+    def forward(self, input, hx=None):
+        return self.core(input, hx)
+
+
+RENAMED_ARGS = {"input_size": "n_in", "hidden_size": "units", "num_layers": "layers"} | {
+    name: None for name in ("bias", "batch_first", "dropout", "bidirectional", "proj_size", "dtype")
+}
+NN_DEFAULTS = {"bias": True, "batch_first": False, "bidirectional": False, "proj_size": 0}
+
+
+def core_name(name: str) -> str:
+    return "core." + name
+
+
+@given(lstm_cases(max_size=5, max_layers=2, max_len=4, max_batch=3, fixed=NN_DEFAULTS))
+@settings(max_examples=10)
+def test_make_adapts_other_argument_and_parameter_names(case):
+    oracle = case.make(nn.LSTM)
+    mine = case.make(
+        Renamed, oracle.state_dict(), arguments=RENAMED_ARGS, parameter_names=core_name
+    )
+    assert next(mine.parameters()).dtype == case.dtype  # dtype left out: cast after building
+    assert_lstm_close(mine, oracle, case.input, case.hx, parameter_names=core_name)
+
+
+def test_renamed_parameters_are_compared_not_skipped():
+    torch.manual_seed(0)
+    oracle = nn.LSTM(3, 4, dtype=F64)
+    mapping = {f"{kind}_l0": f"core.{kind}_l0" for kind in ("weight_ih", "weight_hh")}
+    mapping |= {"bias_ih_l0": "core.bias_ih_l0", "bias_hh_l0": "core.bias_hh_l0"}
+    mine = Renamed(3, 4).double()
+    mine.load_state_dict({mapping[k]: v for k, v in oracle.state_dict().items()})
+    x = torch.randn(5, 2, 3, dtype=F64)
+    with pytest.raises(AssertionError, match="grad.weight_ih_l0: missing from the actual"):
+        assert_lstm_close(mine, oracle, x)  # without the mapping the names do not meet
+    assert_lstm_close(mine, oracle, x, parameter_names=mapping)
+    with torch.no_grad():
+        mine.core.weight_hh_l0[3, 1] += 1e-6
+    with pytest.raises(AssertionError, match=r"grad\.weight_hh_l0: max abs difference"):
+        assert_lstm_close(mine, oracle, x, parameter_names=mapping)
+
+
+def test_leaving_out_an_argument_the_case_needs_is_refused_with_the_fix():
+    case = draw_many(lstm_cases(fixed=NN_DEFAULTS | {"bidirectional": True}), 1)[0]
+    with pytest.raises(ValueError, match=r"bidirectional=True.*fixed=\{'bidirectional': False\}"):
+        case.make(Renamed, arguments=RENAMED_ARGS)
+    with pytest.raises(ValueError, match="not one of the case's arguments"):
+        case.make(Renamed, arguments={"hidden": "units"})
+
+
+def test_cell_case_make_adapts_arguments():
+    class Cell(nn.Module):
+        def __init__(self, n_in: int, units: int) -> None:
+            super().__init__()
+            self.cell = nn.LSTMCell(n_in, units)
+
+        def forward(self, input, hx=None):
+            return self.cell(input, hx)
+
+    arguments = {"input_size": "n_in", "hidden_size": "units", "bias": None, "dtype": None}
+    for case in draw_many(cell_cases(fixed={"bias": True}), 5):
+        oracle = case.make(nn.LSTMCell)
+        mine = case.make(
+            Cell, oracle.state_dict(), arguments=arguments, parameter_names=lambda n: "cell." + n
+        )
+        assert_lstm_close(mine, oracle, case.input, case.hx, parameter_names=lambda n: "cell." + n)
+
+
+# -- not a module: FunctionLSTM -------------------------------------------------------------------
+
+
+def load_example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def not_a_module():
+    return load_example("not_a_module")
+
+
+def test_a_function_of_the_weights_is_compared_gradients_included(not_a_module):
+    from handlstm.testing import FunctionLSTM
+
+    not_a_module.test_function_of_weights_matches_nn_lstm()
+    torch.manual_seed(0)
+    oracle = nn.LSTM(3, 4, dtype=F64)
+    state = oracle.state_dict()
+    x = torch.randn(5, 2, 3, dtype=F64)
+    mine = FunctionLSTM(not_a_module.lstm_from_weights, state)
+    assert [n for n, _ in mine.named_parameters()] == list(state)
+    assert_lstm_close(mine, oracle, x)
+    with torch.no_grad():
+        mine.weight_hh_l0[2, 2] += 1e-6  # the function reads the wrapper's current weights
+    with pytest.raises(AssertionError, match=r"grad\.weight_hh_l0"):
+        assert_lstm_close(mine, oracle, x)
+    for value in state.values():  # the state dict was copied, not shared
+        assert not value.requires_grad
+
+
+def test_an_exported_program_is_compared(not_a_module):
+    assert "matches nn.LSTM" in not_a_module.check_exported_program()
+
+
+@pytest.mark.slow
+def test_an_onnxruntime_session_is_compared(not_a_module):
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install -e '.[onnx]')")
+    assert "matches nn.LSTM (outputs, states)" in not_a_module.check_onnx_session()
