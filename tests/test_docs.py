@@ -195,11 +195,6 @@ FIXTURES: dict[str, list[Fixture]] = {
         Fixture(("nn",), "from torch import nn"),
         Fixture(("torch",), "import torch"),
     ],
-    "docs/variants.md": [
-        Fixture(("torch",), "import torch"),
-        Fixture(("H",), "H = lstm.hidden_size"),
-        Fixture(("x",), "x = torch.randn(5, 3, lstm.input_size)  # (L, N, H_in)"),
-    ],
     "docs/works_with.md": [
         Fixture(("torch",), "import torch"),
         Fixture(
