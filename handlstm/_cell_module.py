@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from . import _checks, _variants
 from ._cell import layer_norm, lstm_step
-from ._options import CELL_OPTIONS, NEUTRAL, Activation, LSTMOptions, refuse_unknown_options
+from ._options import CELL_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
 
 __all__ = ["CELL_OPTIONS", "HandLSTMCell"]
 
@@ -23,7 +23,7 @@ class HandLSTMCell(nn.Module):
 
     The arguments up to ``dtype`` are nn.LSTMCell's. Every one after is a keyword-only variant
     option that acts within one step, neutral by default (then the cell is exactly
-    nn.LSTMCell), kept in ``self.options`` (a :class:`handlstm.LSTMOptions`). Input and
+    nn.LSTMCell), kept in ``self.options`` (a ``handlstm.LSTMOptions``). Input and
     recurrent dropout and weight drop keep one mask per sequence, which one step cannot: use
     HandLSTM; ``proj_clip`` needs a projection, which nn.LSTMCell does not have.
 
@@ -33,7 +33,7 @@ class HandLSTMCell(nn.Module):
         bias: use ``bias_ih`` and ``bias_hh``. Default True.
         device: where the parameters are created.
         dtype: the parameters' dtype.
-        layer_norm: as in :class:`handlstm.HandLSTM` (parameters without the layer suffix:
+        layer_norm: as in ``handlstm.HandLSTM`` (parameters without the layer suffix:
             ``ln_weight_ih``, ...). Default False.
         peepholes: as in HandLSTM (``weight_ci``, ``weight_cf``, ``weight_co``). Default False.
         zoneout_h: keep the previous h per unit with this probability: a fresh mask per call
@@ -52,9 +52,13 @@ class HandLSTMCell(nn.Module):
     Outputs: (h_1, c_1)
         - **h_1**, **c_1**: ``(N, H)`` or ``(H,)``.
 
+    Parameters, all drawn from U(-1/sqrt(H), 1/sqrt(H)) in this order:
+
     Attributes:
-        weight_ih: ``(4*H, H_in)``; weight_hh: ``(4*H, H)``; bias_ih, bias_hh: ``(4*H,)``
-        (None without bias). All drawn from U(-1/sqrt(H), 1/sqrt(H)) in that order.
+        weight_ih: ``(4*H, H_in)``.
+        weight_hh: ``(4*H, H)``.
+        bias_ih: ``(4*H,)`` (None without bias).
+        bias_hh: ``(4*H,)`` (None without bias).
 
     Example:
         >>> import torch
@@ -73,14 +77,14 @@ class HandLSTMCell(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        layer_norm: bool = NEUTRAL.layer_norm,
-        peepholes: bool = NEUTRAL.peepholes,
-        zoneout_h: float = NEUTRAL.zoneout_h,
-        zoneout_c: float = NEUTRAL.zoneout_c,
-        forget_bias: float | None = NEUTRAL.forget_bias,
-        gate_activation: Activation = NEUTRAL.gate_activation,
-        cell_activation: Activation = NEUTRAL.cell_activation,
-        cell_clip: float | None = NEUTRAL.cell_clip,
+        layer_norm: bool = False,
+        peepholes: bool = False,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
+        forget_bias: float | None = None,
+        gate_activation: Activation = torch.sigmoid,
+        cell_activation: Activation = torch.tanh,
+        cell_clip: float | None = None,
         **not_an_option: NoReturn,
     ) -> None:
         super().__init__()

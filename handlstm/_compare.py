@@ -1,6 +1,6 @@
 """Run two recurrent modules on the same input and compare every output and every gradient.
 
-Shared by :mod:`handlstm.testing` (``assert_lstm_close``) and the ``handlstm check`` command;
+Shared by ``handlstm.testing`` (``assert_lstm_close``) and the ``handlstm check`` command;
 needs nothing but torch.
 """
 
@@ -156,7 +156,7 @@ def compare_results(
     rtol: float,
     atol: float,
 ) -> list[Difference]:
-    """One :class:`Difference` per name in either dict, in ``expected``'s order."""
+    """One ``Difference`` per name in either dict, in ``expected``'s order."""
     diffs = []
     for name in list(expected) + [n for n in actual if n not in expected]:
         if name not in actual or name not in expected:
@@ -248,7 +248,7 @@ def compare_modules(
     """Run both modules on copies of the same input and compare everything they produce.
 
     ``parameter_names`` maps ``expected``'s parameter names to ``actual``'s where they differ
-    (see :func:`assert_lstm_close`).
+    (see ``assert_lstm_close``).
     """
     __tracebackhide__ = True
     data = input.data if isinstance(input, PackedSequence) else input
@@ -295,7 +295,7 @@ def assert_lstm_close(
 
     Works for LSTMs (``(output, (h_n, c_n))``) and cells (``(h, c)``). Modules with dropout
     must be in eval mode or have ``dropout=0``. For something that is not a module (a
-    function of the weights, an onnxruntime session), wrap it in :class:`FunctionLSTM`.
+    function of the weights, an onnxruntime session), wrap it in ``FunctionLSTM``.
 
     Args:
         actual: the module under test.
@@ -355,7 +355,7 @@ def make_input(
     dtype: torch.dtype,
     generator: torch.Generator,
 ) -> Tensor | PackedSequence:
-    """A random input of ``kind`` (one of :data:`INPUT_KINDS`) for ``config``.
+    """A random input of ``kind`` (one of ``INPUT_KINDS``) for ``config``.
 
     ``lengths`` are the batch's sequence lengths (one entry for ``unbatched``); dense input uses
     their maximum for every sequence.

@@ -12,12 +12,12 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks, _variants
-from ._options import LSTM_OPTIONS, NEUTRAL, Activation, LSTMOptions, refuse_unknown_options
+from ._options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
 from ._scan import DirectionWeights, ScanVariant, run_direction
 
 
 class LSTMStates(NamedTuple):
-    """What :meth:`HandLSTM.forward_with_states` returns: forward's results plus every step.
+    """What ``HandLSTM.forward_with_states`` returns: forward's results plus every step.
 
     ``hiddens``, ``cells`` and ``gates`` have a leading ``D*num_layers`` axis (nn.LSTM's h_n
     order) and then the output's layout: ``(L, N, *)``, ``(N, L, *)`` with ``batch_first``,
@@ -37,7 +37,7 @@ class LSTMStates(NamedTuple):
 class HandLSTM(nn.Module):
     r"""A multi-layer LSTM written from the gate equations: an exact drop-in for ``nn.LSTM``.
 
-    For each step and layer, with :math:`\sigma` the sigmoid and gates in torch's order::
+    For each step and layer, with gates in torch's order::
 
         i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
         c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
@@ -54,7 +54,7 @@ class HandLSTM(nn.Module):
     The arguments up to ``dtype`` are nn.LSTM's. Every one after is a keyword-only variant
     option, neutral by default (with all of them neutral the module is exactly nn.LSTM, state
     dict included); they compose with each other and with every configuration, and are kept in
-    ``self.options``, a frozen :class:`handlstm.LSTMOptions`. Variant parameters are registered
+    ``self.options``, a frozen ``handlstm.LSTMOptions``. Variant parameters are registered
     after nn.LSTM's under its naming (``ln_weight_ih_l0``, ``weight_ci_l1_reverse``, ...), so an
     nn.LSTM checkpoint loads with ``strict=False``.
 
@@ -93,7 +93,7 @@ class HandLSTM(nn.Module):
 
     Inputs: input, (h_0, c_0)
         - **input**: ``(L, H_in)`` unbatched, ``(L, N, H_in)``, ``(N, L, H_in)`` with
-          ``batch_first``, or a :class:`~torch.nn.utils.rnn.PackedSequence`.
+          ``batch_first``, or a ``torch.nn.utils.rnn.PackedSequence``.
         - **h_0**: ``(D*num_layers, H_out)`` unbatched or ``(D*num_layers, N, H_out)``.
         - **c_0**: ``(D*num_layers, H_cell)`` unbatched or ``(D*num_layers, N, H_cell)``.
           Both default to zeros.
@@ -104,13 +104,15 @@ class HandLSTM(nn.Module):
         - **h_n**, **c_n**: final states, shaped like h_0 and c_0; for packed input, each
           sequence's own last valid step.
 
+    Parameters of layer k (each with a ``_reverse`` twin when bidirectional), all drawn from
+    U(-1/sqrt(H_cell), 1/sqrt(H_cell)) in nn.LSTM's order:
+
     Attributes:
         weight_ih_l{k}: ``(4*H_cell, H_in)`` for k = 0, else ``(4*H_cell, D*H_out)``.
         weight_hh_l{k}: ``(4*H_cell, H_out)``.
-        bias_ih_l{k}, bias_hh_l{k}: ``(4*H_cell,)``, if ``bias``.
+        bias_ih_l{k}: ``(4*H_cell,)``, if ``bias``.
+        bias_hh_l{k}: ``(4*H_cell,)``, if ``bias``.
         weight_hr_l{k}: ``(H_out, H_cell)``, if ``proj_size > 0``.
-        Each with a ``_reverse`` twin when bidirectional. All drawn from U(-1/sqrt(H_cell),
-        1/sqrt(H_cell)).
 
     Example:
         >>> import torch
@@ -135,18 +137,18 @@ class HandLSTM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        layer_norm: bool = NEUTRAL.layer_norm,
-        peepholes: bool = NEUTRAL.peepholes,
-        input_dropout: float = NEUTRAL.input_dropout,
-        recurrent_dropout: float = NEUTRAL.recurrent_dropout,
-        weight_drop: float = NEUTRAL.weight_drop,
-        zoneout_h: float = NEUTRAL.zoneout_h,
-        zoneout_c: float = NEUTRAL.zoneout_c,
-        forget_bias: float | None = NEUTRAL.forget_bias,
-        gate_activation: Activation = NEUTRAL.gate_activation,
-        cell_activation: Activation = NEUTRAL.cell_activation,
-        cell_clip: float | None = NEUTRAL.cell_clip,
-        proj_clip: float | None = NEUTRAL.proj_clip,
+        layer_norm: bool = False,
+        peepholes: bool = False,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
+        forget_bias: float | None = None,
+        gate_activation: Activation = torch.sigmoid,
+        cell_activation: Activation = torch.tanh,
+        cell_clip: float | None = None,
+        proj_clip: float | None = None,
         **not_an_option: NoReturn,
     ) -> None:
         super().__init__()
@@ -328,7 +330,7 @@ class HandLSTM(nn.Module):
 
         Args:
             input: ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, unbatched
-                ``(L, H_in)``, or a :class:`~torch.nn.utils.rnn.PackedSequence` of
+                ``(L, H_in)``, or a ``torch.nn.utils.rnn.PackedSequence`` of
                 ``(sum(batch_sizes), H_in)`` data (sorted or not).
             hx: ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
                 ``(D*num_layers, N, H_cell)`` (without the N axis for unbatched input; for
@@ -359,8 +361,8 @@ class HandLSTM(nn.Module):
         """Forward, plus every layer's h, c and gate activations at every step.
 
         Same inputs, same ``output``, ``h_n``, ``c_n`` (and, in training, the same kind of
-        random masks) as :meth:`forward`; the extra tensors are laid out as described in
-        :class:`LSTMStates`. Gradients flow through all of them.
+        random masks) as ``forward``; the extra tensors are laid out as described in
+        ``LSTMStates``. Gradients flow through all of them.
 
         Example:
             >>> lstm = HandLSTM(4, 3, num_layers=2)

@@ -2,7 +2,7 @@
 
 Every option's default is its neutral value, and with every option neutral the modules are
 exactly nn.LSTM / nn.LSTMCell. The options travel down to the cell math as this one object (and
-the per-call tensors built from it in :mod:`handlstm._variants`), never as loose flags.
+the per-call tensors built from it in ``handlstm._variants``), never as loose flags.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def fields_of(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-#: The options at their neutral values: the constructors' keyword defaults read from here.
+#: The options at their neutral values (the constructors' keyword defaults, checked by a test).
 NEUTRAL = LSTMOptions()
 #: HandLSTM's keyword-only options, in declaration order.
 LSTM_OPTIONS = fields_of(LSTMOptions)

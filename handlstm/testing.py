@@ -14,8 +14,8 @@ Strategies draw an LSTM configuration together with inputs that fit it, so a tes
 An implementation whose constructor or parameters are named differently says how
 (``case.make(MyLSTM, state_dict, arguments={"hidden_size": "units", "proj_size": None},
 parameter_names={"weight_ih_l0": "w_x", ...})``, and the same ``parameter_names`` to
-:func:`assert_lstm_close`); one that is not an ``nn.Module`` (a function of the weights, an
-exported program, an onnxruntime session) is wrapped in :class:`FunctionLSTM`.
+``assert_lstm_close``); one that is not an ``nn.Module`` (a function of the weights, an
+exported program, an onnxruntime session) is wrapped in ``FunctionLSTM``.
 
 Needs hypothesis (``pip install hypothesis``, or ``pip install "handlstm[test]"``).
 """
@@ -162,7 +162,7 @@ class LSTMCase:
             parameter_names: where ``cls`` names its parameters differently: nn.LSTM's name
                 to ``cls``'s (a mapping, names left out being the same, or a function); the
                 ``state_dict`` keys are renamed so. Pass the same to
-                :func:`assert_lstm_close`.
+                ``assert_lstm_close``.
             **extra: more keyword arguments for ``cls``.
 
         Raises:
@@ -192,7 +192,7 @@ class CellCase:
         parameter_names: ParameterNames | None = None,
         **extra: Any,
     ) -> nn.Module:
-        """Build ``cls`` for this case, as :meth:`LSTMCase.make` does with nn.LSTMCell's
+        """Build ``cls`` for this case, as ``LSTMCase.make`` does with nn.LSTMCell's
         arguments (``input_size``, ``hidden_size``, ``bias``) and defaults."""
         return _build(
             cls,
@@ -266,15 +266,18 @@ def lstm_cases(
     fixed: Mapping[str, Any] | None = None,
     with_hx: bool | None = None,
 ) -> LSTMCase:
-    """A configuration from :func:`lstm_configs` with a matching input and optional hx.
+    """A configuration from ``lstm_configs`` with a matching input and optional hx.
 
     Args:
-        dtypes: dtypes to draw the input, hx and (via :meth:`LSTMCase.make`) the module in.
-        kinds: input kinds to draw from :data:`INPUT_KINDS` (dense, unbatched, packed_sorted,
+        dtypes: dtypes to draw the input, hx and (via ``LSTMCase.make``) the module in.
+        kinds: input kinds to draw from ``INPUT_KINDS`` (dense, unbatched, packed_sorted,
             packed_unsorted).
-        max_size, max_layers, max_len, max_batch: upper bounds of the drawn sizes.
+        max_size: the largest ``input_size`` and ``hidden_size`` drawn.
+        max_layers: the most layers drawn.
+        max_len: the longest sequence drawn.
+        max_batch: the largest batch drawn.
         dropout: also draw an inter-layer dropout probability.
-        fixed: constructor arguments to pin instead of drawing (see :func:`lstm_configs`).
+        fixed: constructor arguments to pin instead of drawing (see ``lstm_configs``).
         with_hx: always (True) or never (False) pass ``(h_0, c_0)``; drawn when None.
     """
     config = draw(
