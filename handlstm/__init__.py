@@ -1,5 +1,6 @@
 """handlstm: a hand-written, transformable, exact drop-in for ``torch.nn.LSTM``."""
 
+from . import _quiet_torch  # noqa: F401  (first: torch without its numpy warning)
 from ._cell_module import HandLSTMCell
 from ._lstm import HandLSTM, LSTMStates
 from ._options import LSTMOptions

@@ -41,3 +41,43 @@ def test_wheel_ships_py_typed_and_license(tmp_path: Path) -> None:
     assert "handlstm/py.typed" in names, names
     assert any(name.endswith("LICENSE") for name in names), names
     assert not any(name.startswith(("tests/", "docs/")) for name in names), names
+
+
+# -- numpy is not a dependency ----------------------------------------------------------------
+
+NO_NUMPY = "import sys; sys.modules['numpy'] = None  # as in a torch-only environment\n"
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", NO_NUMPY + code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def test_no_numpy_warning_from_handlstm_and_filters_left_as_they_were() -> None:
+    control = run_python("import torch")
+    if "Failed to initialize NumPy" not in control.stderr:
+        pytest.skip("this torch does not warn at import without numpy")
+    result = run_python(
+        "import warnings\n"
+        "before = list(warnings.filters)\n"
+        "import handlstm\n"
+        "from handlstm import HandLSTM\n"
+        "import torch\n"
+        "out, _ = HandLSTM(3, 4)(torch.randn(2, 1, 3))\n"
+        "assert list(warnings.filters) == before, 'warning filters changed'\n"
+        "print('ran', tuple(out.shape))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ran (2, 1, 4)" in result.stdout
+    assert "NumPy" not in result.stderr, result.stderr
+    command = run_python(
+        "import runpy; sys.argv = ['handlstm', 'check', '--help']\n"
+        "runpy.run_module('handlstm', run_name='__main__')\n"
+    )
+    assert command.returncode == 0 and "usage: handlstm check" in command.stdout
+    assert "NumPy" not in command.stderr, command.stderr
