@@ -2,9 +2,12 @@
 
 ``StackedLSTM`` below stands for code found in many research repositories: a layer-by-layer LSTM
 written by hand (here to expose every layer's outputs), with parameters named like nn.LSTM's so
-checkpoints load. It supports a subset of nn.LSTM (no bidirectional, no projections, no packed
-input), so the strategy pins those flags and input kinds; everything else (sizes, layers, bias,
-batch_first, unbatched input, given or zero initial states, float32 and float64) is drawn.
+checkpoints load. It supports a subset of nn.LSTM (no bidirectional, no projections, no dropout,
+no packed input) and its constructor takes only what it supports, so the strategy pins those
+flags and input kinds and ``case.make(..., arguments=...)`` leaves the missing arguments out;
+everything else (sizes, layers, bias, batch_first, unbatched input, given or zero initial
+states, float32 and float64) is drawn. (A class whose parameters are named its own way passes
+``parameter_names=`` to both ``case.make`` and ``assert_lstm_close``.)
 
 ``assert_lstm_close`` then compares outputs, final states and every gradient (input, h_0, c_0,
 each parameter) with HandLSTM holding the same weights. A second, subtly wrong version (its
@@ -38,14 +41,9 @@ class StackedLSTM(nn.Module):
         num_layers: int = 1,
         bias: bool = True,
         batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if bidirectional or proj_size or dropout:
-            raise NotImplementedError("StackedLSTM: no bidirectional, proj_size or dropout")
         self.hidden_size, self.num_layers, self.batch_first = hidden_size, num_layers, batch_first
         for layer in range(num_layers):
             size = input_size if layer == 0 else hidden_size
@@ -118,9 +116,13 @@ supported_cases = lstm_cases(
 )
 
 
+#: nn.LSTM's arguments StackedLSTM does not take (the case must hold nn.LSTM's default there).
+NOT_TAKEN = {"dropout": None, "bidirectional": None, "proj_size": None}
+
+
 def check_against_handlstm(module_cls: type[nn.Module], case) -> None:
     oracle = case.make(HandLSTM)  # drawn config, torch's init, the case's dtype
-    mine = case.make(module_cls, state_dict=oracle.state_dict())
+    mine = case.make(module_cls, state_dict=oracle.state_dict(), arguments=NOT_TAKEN)
     assert_lstm_close(mine, oracle, case.input, case.hx)
 
 
