@@ -414,3 +414,57 @@ def test_an_onnxruntime_session_is_compared(not_a_module):
     for name in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(name, reason=f"{name} is not installed (pip install -e '.[onnx]')")
     assert "matches nn.LSTM (outputs, states)" in not_a_module.check_onnx_session()
+
+
+# -- what a failing user test shows ---------------------------------------------------------------
+
+USER_TEST = """
+from hypothesis import given, settings
+from handlstm import HandLSTM
+from handlstm.testing import assert_lstm_close, lstm_cases
+
+
+class Buggy(HandLSTM):
+    def forward(self, input, hx=None):
+        out, (h, c) = super().forward(input, hx)
+        if self.num_layers > 2:
+            h = h * 1.001  # the bug: only deep models
+        return out, (h, c)
+
+
+@settings(database=None, max_examples=200, derandomize=True)
+@given(lstm_cases(kinds=("dense",), fixed={"bidirectional": False, "proj_size": 0}))
+def test_mine(case):
+    oracle = case.make(HandLSTM)
+    mine = case.make(Buggy, state_dict=oracle.state_dict())
+    assert_lstm_close(mine, oracle, case.input, case.hx)
+"""
+
+
+def test_a_failing_user_test_reports_the_users_code_not_the_comparators(tmp_path):
+    """pytest hides the comparator's frames (its source was printed, 45 lines), and hypothesis's
+    explanation ("lines always and only run by failing test cases") names the user's bug line,
+    not handlstm's failure branch."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "test_user.py").write_text(USER_TEST)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("HYPOTHESIS_PROFILE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull]
+        + ["--rootdir", str(tmp_path), str(tmp_path / "test_user.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "tensors differ" in out, out
+    assert "h_n: max abs difference" in out
+    assert "def assert_lstm_close" not in out and "compare_modules(" not in out, out
+    explanation = out[out.index("Explanation:") :].split("\n\n")[0]
+    assert "test_user.py:11" in explanation, explanation
+    assert "handlstm" not in explanation.replace("from handlstm", ""), explanation
