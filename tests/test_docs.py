@@ -154,20 +154,24 @@ torch.save({"epoch": 12, "model_state_dict": _model.state_dict(),
            "seq2seq.pt")
 """
 
-# The files docs/cli.md's error examples read: a text file, a pickle of a __main__ object (made
-# in a subprocess, where __main__ is a script) and a checkpoint without an LSTM.
-CLI_FILES = '''
-import subprocess, sys, torch
+# The files docs/cli.md's error examples read: a text file, a pickle of a __main__ object (the
+# class is put on __main__ for the pickler while saving) and a checkpoint without an LSTM.
+CLI_FILES = """
+import sys, torch
 with open("notes.txt", "w") as f:
     f.write("notes: resume training from epoch 12\\n")
 torch.save(torch.nn.Linear(3, 4).state_dict(), "linear.pt")
-subprocess.run([sys.executable, "-c", """
-import torch
+
 class Config:
     lr = 0.1
-torch.save({"config": Config(), "state_dict": {}}, "pickled.pt")
-"""], check=True)
-'''
+
+Config.__module__ = "__main__"
+setattr(sys.modules["__main__"], "Config", Config)
+try:
+    torch.save({"config": Config(), "state_dict": {}}, "pickled.pt")
+finally:
+    delattr(sys.modules["__main__"], "Config")
+"""
 
 MY_LSTM = """
 from handlstm import HandLSTM as MyLSTM  # stands for the reader's own LSTM class
@@ -317,7 +321,21 @@ SIMPLE_HANDLSTM = re.compile(r"handlstm(?: [\w.=/ -]*)?")
 def run_command(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """``command`` in bash; a plain ``handlstm ...`` (no pipe, quote or redirection) runs as
     ``handlstm.cli.main(argv)`` in this process instead, with stdout and stderr captured
-    together: the same code and output, without a second torch import per command."""
+    together: the same code and output, without a second torch import per command. In
+    ``handlstm ... | rest`` the first part runs so and its output is piped into ``rest``."""
+    head, bar, rest = command.partition(" | ")
+    if bar and SIMPLE_HANDLSTM.fullmatch(head):  # `handlstm ... | python -c ...`: feed it
+        first = run_command(head, cwd, env)
+        return subprocess.run(
+            ["bash", "-c", rest],
+            input=first.stdout,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+        )
     if SIMPLE_HANDLSTM.fullmatch(command):
         import contextlib
         import io
