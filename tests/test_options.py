@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def run_mypy(tmp_path: Path, with_marker: bool) -> str:
     (tmp_path / "snippet.py").write_text(SNIPPET)
     (tmp_path / "mypy.ini").write_text(MYPY_CONFIG)
     python = env / "bin" / "python"
+    # Only the throwaway environment may provide handlstm (PYTHONPATH would be searched too).
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--no-incremental"]
         + ["--python-executable", str(python), "snippet.py"],
@@ -119,6 +122,7 @@ def run_mypy(tmp_path: Path, with_marker: bool) -> str:
         capture_output=True,
         text=True,
         timeout=300,
+        env=clean,
     )
     return result.stdout + result.stderr
 
