@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -138,177 +138,6 @@ def cell_to_torch(hand: HandLSTMCell) -> nn.LSTMCell:
     return _copy(hand, nn.LSTMCell, cell_config(hand))
 
 
-# -- swapping inside a model ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Swapped:
-    """One module replaced by :func:`swap_lstms`."""
-
-    path: str
-    old: str
-    new: str
-    config: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """One LSTM-like module that :func:`swap_lstms` left alone, and why."""
-
-    path: str
-    type: str
-    reason: str
-
-
-@dataclass
-class SwapReport:
-    """What :func:`swap_lstms` did. ``str(report)`` is a readable summary."""
-
-    to: str
-    swapped: list[Swapped] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"swapped {len(self.swapped)} module(s) to {self.to}"]
-        for s in self.swapped:
-            config = ", ".join(f"{k}={v!r}" for k, v in s.config.items())
-            lines.append(f"  {s.path}: {s.old} -> {s.new}({config})")
-        if self.skipped:
-            lines.append(f"left alone {len(self.skipped)} module(s)")
-            lines += [f"  {s.path}: {s.type}: {s.reason}" for s in self.skipped]
-        return "\n".join(lines)
-
-
-# (source class, target class, config reader) per direction of the swap.
-_PAIRS: dict[str, list[tuple[type[nn.Module], type[nn.Module], Any]]] = {
-    "hand": [(nn.LSTM, HandLSTM, lstm_config), (nn.LSTMCell, HandLSTMCell, cell_config)],
-    "torch": [(HandLSTM, nn.LSTM, lstm_config), (HandLSTMCell, nn.LSTMCell, cell_config)],
-}
-
-# What nn.LSTM / HandLSTM do that a subclass may change: overriding any of these changes behaviour.
-_BEHAVIOUR = ("forward", "__call__", "_call_impl", "flatten_parameters", "__setattr__", "_apply")
-
-
-def _unswappable(module: nn.Module, base: type[nn.Module]) -> str | None:
-    """Why ``module`` (an instance of ``base`` or a subclass) cannot be swapped, or None."""
-    cls = type(module)
-    if cls is not base:
-        overridden = [
-            name for name in _BEHAVIOUR if getattr(cls, name, None) is not getattr(base, name, None)
-        ]
-        if overridden:
-            return (
-                f"subclass of {base.__name__} overriding {', '.join(overridden)}: "
-                "its behaviour cannot be reproduced exactly"
-            )
-        return (
-            f"subclass of {base.__name__}: swapping would drop its type and anything it adds, "
-            "so it is left alone"
-        )
-    if isinstance(module, HandLSTM | HandLSTMCell) and module.variant_options():
-        options = ", ".join(f"{k}={v!r}" for k, v in module.variant_options().items())
-        return f"variant options ({options}) have no torch equivalent"
-    hooks = [
-        name
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
-        if getattr(module, name, None)
-    ]
-    if hooks:
-        return f"has hooks registered ({', '.join(hooks)}): re-register them after swapping"
-    names: list[str] = list(getattr(module, "_flat_weights_names", []))
-    if not names:
-        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        names = [n for n in kinds if getattr(module, n, None) is not None]
-    for name in names:
-        if not isinstance(module._parameters.get(name), nn.Parameter):
-            return f"{name} is not a registered nn.Parameter (weight-dropped or parametrized?)"
-    extra = set(dict(module.named_parameters()).keys()) - set(names)
-    if extra or any(True for _ in module.buffers()) or any(True for _ in module.children()):
-        return "holds parameters, buffers or submodules beyond the LSTM's own"
-    return None
-
-
-def _share(module: nn.Module, target: type[nn.Module], config: dict[str, Any]) -> nn.Module:
-    """A ``target`` module holding ``module``'s very ``nn.Parameter`` objects."""
-    reference = _first_parameter(module)
-    new = _build_on_meta(target, config, reference.dtype)
-    for name, param in module.named_parameters(recurse=False):
-        setattr(new, name, param)
-    leftover = [n for n, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]
-    if leftover:  # pragma: no cover - only a target with extra state could get here
-        raise RuntimeError(f"{target.__name__} has state {leftover} that {module} cannot fill")
-    new.train(module.training)
-    if isinstance(new, nn.LSTM):
-        new.flatten_parameters()
-    return new
-
-
-def swap_lstms(model: nn.Module, *, to: Literal["hand", "torch"] = "hand") -> SwapReport:
-    """Replace, in place, every LSTM inside ``model`` by its counterpart on the other side.
-
-    With ``to="hand"`` each ``nn.LSTM`` becomes a :class:`~handlstm.HandLSTM` and each
-    ``nn.LSTMCell`` a :class:`~handlstm.HandLSTMCell`; ``to="torch"`` goes back. Modules are
-    found at any depth (attributes, ``Sequential``, ``ModuleList``, ``ModuleDict``, custom
-    containers); a module reachable under several paths is replaced by one new module everywhere.
-
-    The new modules hold the *same* ``nn.Parameter`` objects, so an optimizer built before the
-    swap keeps stepping them and ``model.state_dict()`` keeps its keys: checkpoints saved before
-    the swap load after it. The ``training`` flag is kept.
-
-    Left alone, and listed in the report with the reason: subclasses (their extra behaviour
-    cannot be reproduced), modules with hooks, modules whose weights are not plain registered
-    Parameters (weight-drop, parametrizations), and hand modules with variant options when
-    going to torch.
-
-    Args:
-        model: any module; it cannot itself be an LSTM (use ``HandLSTM.from_torch`` there).
-        to: ``"hand"`` or ``"torch"``.
-
-    Returns:
-        A :class:`SwapReport` listing every swapped module (path, types, configuration) and every
-        skipped one with its reason.
-
-    Example:
-        >>> import torch
-        >>> from handlstm import HandLSTM, swap_lstms
-        >>> model = torch.nn.Sequential(torch.nn.LSTM(3, 4))
-        >>> report = swap_lstms(model)
-        >>> type(model[0]).__name__, report.swapped[0].path
-        ('HandLSTM', '0')
-    """
-    if to not in _PAIRS:
-        raise ValueError(f'to must be "hand" or "torch", got {to!r}')
-    pairs = _PAIRS[to]
-    if any(isinstance(model, source) for source, _, _ in pairs):
-        raise ValueError(
-            f"swap_lstms replaces LSTMs inside a model, but the model itself is a "
-            f"{type(model).__name__}: use HandLSTM.from_torch(...) or .to_torch() instead"
-        )
-    report = SwapReport(to)
-    replaced: dict[int, nn.Module | None] = {}
-    found = [
-        (path, child)
-        for path, child in model.named_modules(remove_duplicate=False)
-        if any(isinstance(child, source) for source, _, _ in pairs)
-    ]
-    for path, child in found:
-        source, target, read_config = next(p for p in pairs if isinstance(child, p[0]))
-        if id(child) not in replaced:
-            reason = _unswappable(child, source)
-            if reason is not None:
-                replaced[id(child)] = None
-                report.skipped.append(Skipped(path, type(child).__name__, reason))
-                continue
-            config = read_config(child)
-            replaced[id(child)] = _share(child, target, config)
-            report.swapped.append(Swapped(path, type(child).__name__, target.__name__, config))
-        new = replaced[id(child)]
-        if new is not None:
-            parent_path, _, name = path.rpartition(".")
-            setattr(model.get_submodule(parent_path), name, new)
-    return report
-
-
 # -- configurations from state dicts --------------------------------------------------------------
 
 _LSTM_KEY = re.compile(
@@ -402,3 +231,7 @@ def find_lstm_groups(state_dict: Mapping[str, Any]) -> list[LSTMGroup]:
             dtype = next(iter(params.values())).dtype
             groups.append(LSTMGroup(prefix.rstrip("."), kind, config, params, dtype))
     return groups
+
+
+# Swapping lives in its own module; these names stay importable from here.
+from ._swap import Skipped, Swapped, SwapReport, swap_lstms  # noqa: E402
