@@ -14,10 +14,7 @@ weights nor consumes the global random number generator.
 
 from __future__ import annotations
 
-import re
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -138,100 +135,6 @@ def cell_to_torch(hand: HandLSTMCell) -> nn.LSTMCell:
     return _copy(hand, nn.LSTMCell, cell_config(hand))
 
 
-# -- configurations from state dicts --------------------------------------------------------------
-
-_LSTM_KEY = re.compile(
-    r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
-    r"_l(?P<layer>\d+)(?P<reverse>_reverse)?$"
-)
-_CELL_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)$")
-
-
-@dataclass
-class LSTMGroup:
-    """The parameters of one ``nn.LSTM`` (``kind="lstm"``) or ``nn.LSTMCell`` (``"cell"``) found
-    in a flat state dict, with the configuration their shapes imply."""
-
-    prefix: str
-    kind: str
-    config: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    dtype: torch.dtype
-
-    def describe(self) -> str:
-        config = ", ".join(f"{k}={v}" for k, v in self.config.items())
-        name = "LSTM" if self.kind == "lstm" else "LSTMCell"
-        return f"{self.prefix or '<root>'}: {name}({config}) [{str(self.dtype)[6:]}]"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "prefix": self.prefix,
-            "kind": self.kind,
-            "config": self.config,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "keys": list(self.state_dict),
-        }
-
-
-def _lstm_group_config(params: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-    """nn.LSTM arguments implied by one group's shapes, or None if it is not an LSTM's."""
-    weight_hh, weight_ih = params.get("weight_hh_l0"), params.get("weight_ih_l0")
-    if weight_hh is None or weight_ih is None or weight_hh.dim() != 2 or weight_ih.dim() != 2:
-        return None
-    weight_hr = params.get("weight_hr_l0")
-    hidden_size = weight_hr.shape[1] if weight_hr is not None else weight_hh.shape[1]
-    if weight_hh.shape[0] != 4 * hidden_size:  # a GRU (3 gates) or a plain RNN (1)
-        return None
-    layers = {int(_LSTM_KEY.match(k).group("layer")) for k in params}  # type: ignore[union-attr]
-    return {
-        "input_size": weight_ih.shape[1],
-        "hidden_size": hidden_size,
-        "num_layers": max(layers) + 1,
-        "bias": "bias_ih_l0" in params,
-        "bidirectional": any(k.endswith("_reverse") for k in params),
-        "proj_size": weight_hr.shape[0] if weight_hr is not None else 0,
-    }
-
-
-def _cell_group_config(params: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-    weight_hh, weight_ih = params.get("weight_hh"), params.get("weight_ih")
-    if weight_hh is None or weight_ih is None or weight_hh.dim() != 2 or weight_ih.dim() != 2:
-        return None
-    if weight_hh.shape[0] != 4 * weight_hh.shape[1]:
-        return None
-    return {
-        "input_size": weight_ih.shape[1],
-        "hidden_size": weight_hh.shape[1],
-        "bias": "bias_ih" in params,
-    }
-
-
-def find_lstm_groups(state_dict: Mapping[str, Any]) -> list[LSTMGroup]:
-    """Every LSTM and LSTMCell parameter group in a flat ``{key: tensor}`` mapping.
-
-    Groups are found by torch's key pattern (``<prefix>weight_ih_l0``, ``...weight_hh_l0_reverse``,
-    ``<prefix>weight_ih`` for cells) and kept when their shapes are an LSTM's (4 gates), so GRUs
-    and plain RNNs are ignored. ``batch_first`` and ``dropout`` cannot be seen in weights and are
-    left at their defaults. Groups come in key order.
-    """
-    found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            continue
-        match = _LSTM_KEY.match(key) or _CELL_KEY.match(key)
-        if match is None:
-            continue
-        kind = "lstm" if match.re is _LSTM_KEY else "cell"
-        prefix = match.group("prefix")
-        found.setdefault((prefix, kind), {})[key[len(prefix) :]] = value
-    groups = []
-    for (prefix, kind), params in found.items():
-        config = _lstm_group_config(params) if kind == "lstm" else _cell_group_config(params)
-        if config is not None:
-            dtype = next(iter(params.values())).dtype
-            groups.append(LSTMGroup(prefix.rstrip("."), kind, config, params, dtype))
-    return groups
-
-
-# Swapping lives in its own module; these names stay importable from here.
+# Checkpoint groups and swapping live in their own modules; these names stay importable here.
+from ._checkpoint import LSTMGroup, find_lstm_groups  # noqa: E402
 from ._swap import Skipped, Swapped, SwapReport, swap_lstms  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import handlstm
-from handlstm import cli
+from handlstm import _sweep, cli
 
 ALL_CHECKS = cli.default_checks()
 
@@ -80,7 +80,7 @@ def test_a_parity_failure_exits_1_and_names_the_tensor(capsys, monkeypatch):
                 output = output * (1 + 1e-6)
             return output, state
 
-    monkeypatch.setattr(cli, "HandLSTM", Broken)
+    monkeypatch.setattr(_sweep, "HandLSTM", Broken)
     monkeypatch.setattr(cli, "default_checks", lambda: ALL_CHECKS[:2])
     code, out, _ = run(["check"], capsys)
     assert code == 1
@@ -162,7 +162,7 @@ def test_a_checkpoint_that_fails_parity_exits_1(small_checkpoint, capsys, monkey
             h, c = super().forward(input, hx)
             return h, c + 1e-3
 
-    monkeypatch.setattr(cli, "HandLSTMCell", Broken)
+    monkeypatch.setattr(_sweep, "HandLSTMCell", Broken)
     code, out, _ = run(["check", str(small_checkpoint)], capsys)
     assert code == 1
     assert "FAIL state_dict.cell" in out and "] c: max abs difference" in out

@@ -239,6 +239,7 @@ def test_hand_backed_subclass_survives_deepcopy_pickle_and_to():
     model = forecasting_model()
     reference = copy.deepcopy(model)
     swap_lstms(model)
+    assert isinstance(model.lstm, HandLSTM)
     x = torch.randn(2, 5, 3, dtype=F64)
     buffer = io.BytesIO()
     torch.save(model, buffer)
