@@ -111,7 +111,7 @@ def summary(rows: Sequence[Row], what: str) -> str:
     parts = [f"{counts[FAIL]} FAILED"] if counts[FAIL] else []
     parts += [f"{counts[PROBLEM]} with file problems"] if counts[PROBLEM] else []
     parts += [f"{counts[NOT_CHECKED]} not checked"] if counts[NOT_CHECKED] else []
-    verdict = ", ".join(parts) or "all pass"
+    verdict = ", ".join(parts) or ("all pass" if rows else "nothing checked")
     return (
         f"{what}: {len(rows)} checks ({inputs} runs), {verdict}; "
         f"torch {torch.__version__}, handlstm {__version__}, "
@@ -120,6 +120,8 @@ def summary(rows: Sequence[Row], what: str) -> str:
 
 
 def exit_code(rows: Sequence[Row]) -> int:
+    if not rows:
+        return EXIT_USAGE  # nothing was checked
     counts = _counts(rows)
     if counts[FAIL]:
         return EXIT_FAIL
