@@ -136,6 +136,8 @@ def _as_protocol_2(data: bytes) -> bytes:
             if len(out) < 2 or out[-1][0] != "str" or out[-2][0] != "str":
                 raise pickle.UnpicklingError("STACK_GLOBAL without its two names before it")
             name, module = out.pop()[1], out.pop()[1]
+            if "\n" in module or "\n" in name:  # GLOBAL reads lines: refuse, never re-split
+                raise pickle.UnpicklingError("a global name with a line break")
             out.append(("raw", pickle.GLOBAL + f"{module}\n{name}\n".encode()))
         else:
             out.append(("raw", raw))
