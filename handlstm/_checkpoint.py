@@ -67,6 +67,13 @@ def load_checkpoint(path: str) -> dict[str, Tensor]:
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - torch raises many classes for a foreign file
+        with file.open("rb") as handle:
+            head = handle.read(4)
+        if head and not head.startswith((b"PK\x03\x04", pickle.PROTO)):
+            raise CheckpointError(
+                f"{path} is not a torch checkpoint: it is neither a zip archive (what torch.save "
+                "writes) nor a pickle (torch's legacy format)."
+            ) from None
         raise CheckpointError(_not_a_checkpoint(path, error)) from None
     flat: dict[str, Tensor] = {}
     _flatten(loaded, "", flat)
@@ -216,9 +223,12 @@ def _not_a_checkpoint(path: str, error: BaseException) -> str:
             return f"{path} is not a torch checkpoint torch can read: {meaning}."
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     lines = [line for line in lines if "documentation" not in line and "file an issue" not in line]
-    reason = lines[-1] if lines else type(error).__name__
+    reason = lines[-1] if lines else ""
     sentence = reason.split(". ")[0].rstrip(".")
-    return f"{path} is not a torch checkpoint (torch.load could not read it: {sentence})."
+    return (
+        f"{path} is not a torch checkpoint "
+        f"(torch.load could not read it: {type(error).__name__}: {sentence})."
+    )
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Tensor]) -> None:

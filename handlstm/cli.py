@@ -280,7 +280,7 @@ def _checks_for(path: str) -> tuple[list[Check], list[LSTMGroup]]:
     checks = []
     for group in groups:
         dtypes = [torch.float64]
-        if group.dtype == torch.float32 and not group.problems:
+        if group.dtype == torch.float32 and not group.problems and not group.variant:
             dtypes.append(torch.float32)
         for dtype in dtypes:
             label = f"{group.prefix or '<root>'}: {describe(group.kind, group.config)}"
