@@ -131,7 +131,7 @@ def _as_protocol_2(data: bytes) -> bytes:
         elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
             out.append(("str", arg))
         elif op.name in ("MEMOIZE", "BINPUT", "LONG_BINPUT"):
-            slot = len(memo) if op.name == "MEMOIZE" else arg
+            slot = len(memo) if op.name == "MEMOIZE" else int(arg)  # type: ignore[arg-type]
             memo.add(slot)
             if out and out[-1][0] == "str":
                 strings[slot] = out[-1][1]

@@ -181,7 +181,8 @@ def hand_backed_class(cls: type[nn.Module]) -> type[nn.Module]:
         if base is None:
             raise TypeError(f"{cls.__name__} is not a subclass of nn.LSTM or nn.LSTMCell")
         layer = _LAYERS[base]
-        derived = type(cls)(  # the user's metaclass (ABCMeta for abstract bases)
+        metaclass: Any = type(cls)  # the user's metaclass (ABCMeta for abstract bases)
+        derived = metaclass(
             f"Hand{cls.__name__}",
             (cls, layer),
             {

@@ -13,6 +13,7 @@ is changed in place, see :mod:`handlstm._subclass`). ``to="torch"`` undoes each 
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -385,13 +386,13 @@ def _apply(model: nn.Module, plans: list[_Plan]) -> None:
             if plan.retype is not None:
                 old_class = type(plan.module)
                 plan.retype(plan.module)
-                undo.append(lambda m=plan.module, c=old_class: setattr(m, "__class__", c))
+                undo.append(functools.partial(setattr, plan.module, "__class__", old_class))
                 continue
             for path in plan.paths:
                 parent_path, _, name = path.rpartition(".")
                 parent = model.get_submodule(parent_path)
                 setattr(parent, name, plan.new)
-                undo.append(lambda p=parent, n=name, m=plan.module: setattr(p, n, m))
+                undo.append(functools.partial(setattr, parent, name, plan.module))
     except BaseException:
         for step in reversed(undo):
             step()

@@ -110,7 +110,9 @@ def test_pytorch_forecasting_deepar():
 
 
 def test_gluonts_deepar():
-    deepar = pytest.importorskip("gluonts.torch.model.deepar.module", reason="gluonts not installed")
+    deepar = pytest.importorskip(
+        "gluonts.torch.model.deepar.module", reason="gluonts not installed"
+    )
     torch.manual_seed(1)
     model = deepar.DeepARModel(
         freq="D",
@@ -143,7 +145,7 @@ def test_gluonts_deepar():
     assert type(model.rnn) is HandLSTM
 
 
-# -- flair: a SequenceTagger (embeddings -> bidirectional nn.LSTM -> linear) -------------------------
+# -- flair: a SequenceTagger (embeddings -> bidirectional nn.LSTM -> linear) ---------------------
 
 
 def test_flair_sequence_tagger():
