@@ -282,6 +282,9 @@ def test_help_explains_every_option(capsys):
         "--seed",
         "--threads",
         "--no-progress",
+        "--impl",
+        "--impl-cell",
+        "protocol 4",
         "weights_only=True",
         "exit status",
     ):

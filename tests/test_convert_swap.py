@@ -266,6 +266,17 @@ def test_subclasses_that_never_reach_nn_lstm_forward_are_left_alone():
     assert type(model.own) is OwnForward and type(model.kernel) is KernelCaller
 
 
+def test_a_subclass_keeps_its_hooks_and_attributes_when_swapped_in_place():
+    torch.manual_seed(6)
+    model = nn.Sequential(PassThrough(3, 4, dtype=F64))
+    seen = []
+    model[0].register_forward_hook(lambda module, args, out: seen.append(type(module).__name__))
+    model[0].tag = "mine"
+    swap_lstms(model)
+    model(torch.randn(5, 2, 3, dtype=F64))
+    assert seen == ["HandPassThrough"] and model[0].tag == "mine"
+
+
 def test_cell_subclass_is_swapped_in_place():
     torch.manual_seed(4)
     model = nn.Sequential(CellSubclass(3, 4, dtype=F64))
