@@ -185,3 +185,32 @@ def test_flair_sequence_tagger():
     # flair runs in float32: HandLSTM and nn.LSTM agree to float32 rounding there
     assert_swapped_model_is_the_same_function(tagger, loss_of, dict(rtol=1e-5, atol=1e-6))
     assert type(tagger.rnn) is HandLSTM
+
+
+def test_flair_model_file_is_named_and_its_resaved_weights_check(tmp_path, capsys):
+    """flair's Model.save writes pickle protocol 4 with flair objects inside: check says what
+    it holds (without unpickling it) and the re-save it advises is then checked."""
+    pytest.importorskip("flair", reason="flair not installed")
+    from flair.data import Corpus, Sentence
+    from flair.embeddings import OneHotEmbeddings
+    from flair.models import SequenceTagger
+
+    from handlstm import cli
+
+    sentences = [Sentence("I love Berlin ."), Sentence("we go home .")]
+    for sentence in sentences:
+        for index, token in enumerate(sentence):
+            token.add_label("pos", "NVX"[index % 3])
+    corpus = Corpus(train=sentences, dev=sentences[:1], test=sentences[:1])
+    embeddings = OneHotEmbeddings.from_corpus(corpus, embedding_length=5, min_freq=1)
+    tagger = SequenceTagger(embeddings, corpus.make_label_dictionary("pos"), "pos", hidden_size=6)
+    path = tmp_path / "tagger.pt"
+    tagger.save(path)
+    capsys.readouterr()
+    assert cli.main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "flair.data.Dictionary" in err and "re-save only its weights" in err
+    weights = tmp_path / "weights.pt"
+    torch.save(torch.load(path, weights_only=False)["state_dict"], weights)  # our own file
+    assert cli.main(["check", str(weights)]) == 0
+    assert "rnn: LSTM(" in capsys.readouterr().out
