@@ -157,7 +157,7 @@ def _own_parameters(module: nn.Module, names: list[str]) -> dict[str, nn.Paramet
     return params
 
 
-def _torch_names(module: nn.Module, config: dict[str, Any], cell: bool) -> list[str]:
+def _torch_names(config: dict[str, Any], cell: bool) -> list[str]:
     """The parameter names nn.LSTM (or nn.LSTMCell) with ``config`` registers, in order."""
     target = nn.LSTMCell if cell else nn.LSTM
     return [name for name, _ in _build_on_meta(target, config, torch.float32).named_parameters()]
@@ -212,7 +212,7 @@ def _plan(module: nn.Module, path: str, kind: str, to: str) -> _Plan:
     if kind == "dp":
         params, note = _dp_parameters(module, config, cell)
     else:
-        params = _own_parameters(module, _torch_names(module, config, cell))
+        params = _own_parameters(module, _torch_names(config, cell))
     if not params:
         raise _Cannot("has no parameters to share")
     target: type[nn.Module]
@@ -249,7 +249,7 @@ def _dp_parameters(
             raise _Cannot(f"holds {sorted(found)}, expected {sorted(mapping.values())}")
         note = "state-dict keys change from ih.weight, hh.weight, ... to nn.LSTMCell's names"
         return {new: found[old] for new, old in mapping.items()}, note
-    names = _torch_names(module, config, cell)  # DPLSTM registers these names itself
+    names = _torch_names(config, cell)  # DPLSTM registers these names itself
     params = {name: module._parameters.get(name) for name in names}
     if not all(isinstance(p, nn.Parameter) for p in params.values()):
         raise _Cannot(f"does not hold nn.LSTM's parameters {names} under their names")
@@ -269,7 +269,7 @@ def _plan_subclass(module: nn.Module, path: str, to: str) -> _Plan:
         raise _Cannot(reason)
     config = _config(module)
     cell = isinstance(module, nn.LSTMCell)
-    expected = _torch_names(module, config, cell)
+    expected = _torch_names(config, cell)
     if parametrize.is_parametrized(module):
         raise _Cannot("is parametrized (torch.nn.utils.parametrize): its weights are computed")
     for param_name in expected:
@@ -367,9 +367,14 @@ def swap_lstms(
             continue
         try:
             plans[id(module)] = _plan(module, path, kind, to)
-        except _Cannot as reason:
+        except Exception as error:  # noqa: BLE001 - planning changes nothing: list, go on
+            reason = (
+                str(error)
+                if isinstance(error, _Cannot)
+                else (f"its replacement could not be planned: {type(error).__name__}: {error}")
+            )
             plans[id(module)] = None
-            report.skipped.append(Skipped(path, type(module).__name__, str(reason)))
+            report.skipped.append(Skipped(path, type(module).__name__, reason))
     if strict and report.skipped:
         raise ValueError(f"swap_lstms(strict=True) changed nothing:\n{report}")
     ready = [plan for plan in plans.values() if plan is not None]

@@ -99,6 +99,17 @@ def test_a_module_whose_replacement_cannot_be_built_is_listed_and_untouched():
     assert type(model.cell) is nn.LSTMCell
 
 
+def test_a_module_whose_plan_raises_is_listed_and_the_rest_swapped():
+    model = nn.Module()
+    model.rnn = nn.LSTM(3, 4)
+    model.odd = nn.LSTM(3, 4)
+    model.odd.num_layers = "two"  # anything that makes building its twin raise
+    report = swap_lstms(model)
+    assert [s.path for s in report.swapped] == ["rnn"]
+    assert report.skipped[0].path == "odd" and "could not be" in report.skipped[0].reason
+    assert type(model.odd) is nn.LSTM and type(model.rnn) is HandLSTM
+
+
 class Fussy(nn.Module):
     """A container whose __setattr__ refuses a HandLSTM under one name."""
 
