@@ -493,3 +493,36 @@ def test_impl_that_differs_fails_and_one_without_dtype_runs(impl_module, capsys)
 def test_impl_that_cannot_be_loaded_is_a_usage_error(spec, capsys):
     err = error_of(["check", "--impl", spec], capsys)
     assert "--impl" in err
+
+
+def test_protocol_4_rewrite_reads_exactly_what_protocol_2_reads(tmp_path):
+    """Strings that are both global names and keys (memoized, then fetched again), nesting,
+    shared tensors, views and every dtype a state dict may hold: the same flat dict either way."""
+    from handlstm._checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    shared = torch.randn(4, 3, dtype=torch.float64)
+    payload = {
+        "collections": shared,
+        "OrderedDict": shared[1:],  # a view of the same storage
+        "torch._utils": torch.arange(5),
+        "_rebuild_tensor_v2": [torch.ones(2, dtype=torch.float16), (torch.zeros(1),)],
+        "nested": {"collections": {"OrderedDict": torch.tensor(True)}, "x": 3, "s": "text"},
+        "model": nn.LSTM(2, 3, num_layers=2).state_dict(),
+    }
+    loaded = {}
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"p{protocol}.pt"
+        torch.save(payload, path, pickle_protocol=protocol)
+        loaded[protocol] = load_checkpoint(str(path))
+    for protocol in (4, 5):
+        assert list(loaded[protocol]) == list(loaded[2])
+        for key, value in loaded[2].items():
+            assert loaded[protocol][key].dtype == value.dtype, key
+            assert torch.equal(loaded[protocol][key], value), key
+
+
+def test_impl_checks_a_checkpoint_too(impl_module, small_checkpoint, capsys):
+    code, out, _ = run(["check", str(small_checkpoint), "--impl", f"{impl_module}:Mine"], capsys)
+    assert code == 0, out
+    assert "state_dict.rnn" in out and "state_dict.cell" not in out.split("\n\n")[-1]
