@@ -62,10 +62,6 @@ def load_checkpoint(path: str) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} is a directory, expected a checkpoint file")
     try:
         loaded = _load(file)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(_unpickling_problem(path, file, error)) from None
-    except CheckpointError:
-        raise
     except Exception as error:  # noqa: BLE001 - torch raises many classes for a foreign file
         with file.open("rb") as handle:
             head = handle.read(4)
@@ -74,6 +70,8 @@ def load_checkpoint(path: str) -> dict[str, Tensor]:
                 f"{path} is not a torch checkpoint: it is neither a zip archive (what torch.save "
                 "writes) nor a pickle (torch's legacy format)."
             ) from None
+        if isinstance(error, pickle.UnpicklingError):
+            raise CheckpointError(_unpickling_problem(path, file, error)) from None
         raise CheckpointError(_not_a_checkpoint(path, error)) from None
     flat: dict[str, Tensor] = {}
     _flatten(loaded, "", flat)
