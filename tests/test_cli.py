@@ -526,3 +526,12 @@ def test_impl_checks_a_checkpoint_too(impl_module, small_checkpoint, capsys):
     code, out, _ = run(["check", str(small_checkpoint), "--impl", f"{impl_module}:Mine"], capsys)
     assert code == 0, out
     assert "state_dict.rnn" in out and "state_dict.cell" not in out.split("\n\n")[-1]
+
+
+@pytest.mark.parametrize("content", [b"notes: resume at epoch 12\n", b"hello\n", b"\x00\x01"])
+def test_a_text_file_is_called_neither_zip_nor_pickle(tmp_path, capsys, content):
+    """'n' and 'h' are pickle opcodes torch reports as unsupported: still not called a pickle."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    err = error_of(["check", str(path)], capsys)
+    assert "neither a zip archive" in err and "plain pickle" not in err
