@@ -275,7 +275,7 @@ def _checks_for(path: str) -> tuple[list[Check], list[LSTMGroup]]:
         raise CheckpointError(
             f"no LSTM found in {path}: no key matches nn.LSTM's pattern (<prefix>weight_ih_l0, "
             "<prefix>weight_hh_l0, ...) or nn.LSTMCell's (<prefix>weight_ih, ...) with "
-            "4-gate shapes"
+            "4-gate shapes."
         )
     checks = []
     for group in groups:
