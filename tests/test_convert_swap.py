@@ -262,6 +262,10 @@ def test_hand_backed_subclass_survives_deepcopy_pickle_and_to():
     reference.to(torch.float32).to(F64)
     assert_same_function(model.lstm, reference.lstm, x)
     assert pickle.loads(pickle.dumps(model.lstm)).hidden_size == 4
+    fresh = type(model.lstm)(3, 4, num_layers=2, batch_first=True, dtype=F64)  # user's __init__
+    fresh.load_state_dict(reference.lstm.state_dict())
+    assert isinstance(fresh, HandLSTM)
+    assert_same_function(fresh, reference.lstm, x)
 
 
 def test_subclasses_that_never_reach_nn_lstm_forward_are_left_alone():
