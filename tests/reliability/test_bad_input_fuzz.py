@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -472,6 +475,46 @@ def test_cell_reacts_like_torch(case):
 # -- constructor arguments ------------------------------------------------------------------
 
 ODD_ARGUMENTS: list[Any] = [0, -1, 1, 2, 1.0, 2.5, True, False, "3", None, 10**1, [2]]
+
+
+class _Index:
+    """An object with only ``__index__``: torch takes it where it reads a size directly."""
+
+    def __index__(self) -> int:
+        return 3
+
+    def __repr__(self) -> str:
+        return "_Index()"
+
+
+#: Sizes as real code passes them (numpy scalars, ``torch.prod(torch.tensor(shape))``), and the
+#: number types whose acceptance differs between nn.LSTM (isinstance checks, float(), range())
+#: and nn.LSTMCell (no checks: torch.empty decides).
+NUMERIC_ARGUMENTS: list[Any] = [
+    np.int64(3),
+    np.int32(2),
+    np.int64(0),
+    np.float64(2.0),
+    np.bool_(True),
+    torch.tensor(3),
+    torch.tensor(0),
+    torch.tensor(-1),
+    torch.tensor([2]),
+    torch.tensor([[3]]),
+    torch.tensor(3.0),
+    torch.tensor(True),
+    torch.tensor(3, dtype=torch.uint8),
+    torch.tensor([2, 3]),
+    torch.tensor([]),
+    0.0,
+    0.5,
+    float("nan"),
+    float("inf"),
+    1j,
+    Fraction(1, 2),
+    Decimal("0.5"),
+    _Index(),
+]
 LSTM_VALID = dict(
     input_size=3,
     hidden_size=4,
@@ -508,7 +551,8 @@ def assert_same_construction(expected_cls, actual_cls, kwargs) -> None:
     assert [(k, v.shape) for k, v in got.items()] == [(k, v.shape) for k, v in want.items()]
     for name in kwargs:
         if name not in ("device", "dtype"):
-            assert getattr(actual[1], name) == getattr(expected[1], name), name
+            got_value, want_value = getattr(actual[1], name), getattr(expected[1], name)
+            assert got_value is want_value or got_value == want_value, name  # `is`: NaN
     for got_p, want_p in zip(actual[1].parameters(), expected[1].parameters(), strict=True):
         assert (got_p.device, got_p.dtype) == (want_p.device, want_p.dtype)
 
@@ -547,6 +591,63 @@ def test_lstm_constructor_combinations_like_torch(extra):
 @pytest.mark.parametrize("value", ODD_ARGUMENTS, ids=repr)
 def test_cell_constructor_argument_like_torch(name, value):
     assert_same_construction(nn.LSTMCell, HandLSTMCell, dict(CELL_VALID, **{name: value}))
+
+
+@pytest.mark.parametrize("name", list(LSTM_VALID))
+@pytest.mark.parametrize("value", NUMERIC_ARGUMENTS, ids=repr)
+@pytest.mark.parametrize(
+    "extra", [dict(), dict(bidirectional=True), dict(num_layers=1, dropout=0.5)], ids=repr
+)
+def test_lstm_constructor_numeric_types_like_torch(name, value, extra):
+    assert_same_construction(nn.LSTM, HandLSTM, {**LSTM_VALID, **extra, name: value})
+
+
+@pytest.mark.parametrize("name", list(CELL_VALID))
+@pytest.mark.parametrize("value", NUMERIC_ARGUMENTS, ids=repr)
+def test_cell_constructor_numeric_types_like_torch(name, value):
+    assert_same_construction(nn.LSTMCell, HandLSTMCell, dict(CELL_VALID, **{name: value}))
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        (torch.tensor(3), 4),  # speechbrain: torch.prod(torch.tensor(shape))
+        (np.int64(3), np.int64(4)),
+        (3, torch.tensor([4])),
+    ],
+    ids=repr,
+)
+def test_cell_built_from_tensor_or_numpy_sizes_computes_like_torch(sizes):
+    """Built is not enough: the module runs, forward and backward, as nn.LSTMCell does."""
+    torch.manual_seed(0)
+    expected = nn.LSTMCell(*sizes, dtype=F64)
+    actual = HandLSTMCell(*sizes, dtype=F64)
+    actual.load_state_dict(expected.state_dict())
+    x = torch.randn(2, 3, dtype=F64)
+    hx = (torch.randn(2, 4, dtype=F64), torch.randn(2, 4, dtype=F64))
+    for args in ((x,), (x, hx), (x[0], (hx[0][0], hx[1][0]))):
+        want, got = expected(*args), actual(*args)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        grads = [
+            torch.autograd.grad(sum(t.sum() for t in out), list(module.parameters()))
+            for module, out in ((expected, want), (actual, got))
+        ]
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [dict(num_layers=np.int64(2)), dict(num_layers=torch.tensor(2)), dict(proj_size=np.int64(2))],
+    ids=repr,
+)
+def test_lstm_built_from_numpy_or_tensor_sizes_computes_like_torch(config):
+    torch.manual_seed(0)
+    expected = nn.LSTM(3, 4, **config, dtype=F64)
+    actual = HandLSTM(3, 4, **config, dtype=F64)
+    actual.load_state_dict(expected.state_dict())
+    x = torch.randn(5, 2, 3, dtype=F64)
+    want, got = expected(x), actual(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
