@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils import benchmark
 
 from handlstm import HandLSTM
@@ -71,6 +72,8 @@ class Config:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    options: tuple[tuple[str, Any], ...] = ()  # HandLSTM variant options (nn.LSTM runs plain)
+    packed: bool = False  # a PackedSequence, lengths drawn in [seq_len/2, seq_len], unsorted
 
     def label(self) -> str:
         shape = f"({self.seq_len},{self.batch},{self.input_size},{self.hidden_size})"
@@ -79,24 +82,42 @@ class Config:
             extra += f" L{self.num_layers}"
         if self.bidirectional:
             extra += " bi"
+        if self.packed:
+            extra += " packed"
+        for key, value in self.options:
+            extra += f" {key}={value}"
         return f"{self.name} {shape}{extra}"
 
 
+MEDIUM = (64, 32, 128, 256)
 CONFIGS = [
     Config("small", 32, 8, 32, 64),
-    Config("medium", 64, 32, 128, 256),
+    Config("medium", *MEDIUM),
     Config("large", 128, 64, 512, 512),
     Config("long-thin", 512, 4, 64, 128),
     Config("streaming", 1, 1, 64, 128),
-    Config("medium-2L-bi", 64, 32, 128, 256, num_layers=2, bidirectional=True),
+    Config("2L-bi", 64, 16, 128, 128, num_layers=2, bidirectional=True),
+    Config("medium-2L-bi", *MEDIUM, num_layers=2, bidirectional=True),
+    Config("medium-packed", *MEDIUM, packed=True),
+    Config("medium-packed-bi", *MEDIUM, bidirectional=True, packed=True),
+    Config("medium-layer_norm", *MEDIUM, options=(("layer_norm", True),)),
+    Config("medium-recurrent_dropout", *MEDIUM, options=(("recurrent_dropout", 0.25),)),
+    Config("medium-zoneout", *MEDIUM, options=(("zoneout_h", 0.1), ("zoneout_c", 0.1))),
+    Config("medium-peepholes", *MEDIUM, options=(("peepholes", True),)),
+    Config("medium-weight_drop", *MEDIUM, options=(("weight_drop", 0.25),)),
 ]
+VARIANT_TARGET = (2.0, 1.6)
 
-TARGETS = {  # (inference, train) ratio targets HandLSTM / nn.LSTM, float32, 2 threads
-    "small": (2.5, 2.5),
-    "medium": (2.0, 1.8),
+TARGETS = {  # (inference, train) ratio targets HandLSTM / nn.LSTM, float32, 2 threads (#14)
+    "small": (2.0, 2.0),
+    "medium": (2.0, 1.5),
     "large": (1.5, 1.3),
-    "long-thin": (5.0, 4.0),
+    "long-thin": (3.0, 2.5),
     "streaming": (0.5, 0.6),
+    "2L-bi": (2.0, 1.5),
+    "medium-2L-bi": (1.6, 1.0),
+    "medium-packed": (0.8, 0.5),
+    **{c.name: VARIANT_TARGET for c in CONFIGS if c.options},
 }
 
 BASELINE = "nn.LSTM"
@@ -124,7 +145,18 @@ def build(impl: str, cfg: Config, dtype: torch.dtype) -> nn.Module:
     if impl == BASELINE:
         return ref
     if impl.startswith("HandLSTM"):
-        return HandLSTM.from_torch(ref)
+        if not cfg.options:
+            return HandLSTM.from_torch(ref)
+        module = HandLSTM(
+            cfg.input_size,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            bidirectional=cfg.bidirectional,
+            dtype=dtype,
+            **dict(cfg.options),
+        )
+        module.load_state_dict(ref.state_dict(), strict=False)  # variant parameters: their init
+        return module
     if impl == "DPLSTM" and DPLSTM is not None:
         module = DPLSTM(
             cfg.input_size,
@@ -150,9 +182,15 @@ def make_step(impl: str, cfg: Config, mode: str, dtype: torch.dtype) -> Callable
     """The callable timed for one implementation, configuration and mode."""
     module = build(impl, cfg, dtype)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(cfg.seq_len, cfg.batch, cfg.input_size, dtype=dtype, generator=gen)
+    x: Any = torch.randn(cfg.seq_len, cfg.batch, cfg.input_size, dtype=dtype, generator=gen)
     directions = 2 if cfg.bidirectional else 1
-    grad = torch.randn(cfg.seq_len, cfg.batch, directions * cfg.hidden_size, dtype=dtype)
+    rows = cfg.seq_len * cfg.batch
+    if cfg.packed:
+        lengths = torch.randint(cfg.seq_len // 2, cfg.seq_len + 1, (cfg.batch,), generator=gen)
+        lengths[cfg.batch // 2] = cfg.seq_len
+        x = pack_padded_sequence(x, lengths, enforce_sorted=False)  # packed once, outside
+        rows = int(lengths.sum())
+    grad = torch.randn(rows, directions * cfg.hidden_size, dtype=dtype, generator=gen)
     fast = impl != "HandLSTM-composed"
 
     if mode == "inference":
@@ -170,7 +208,8 @@ def make_step(impl: str, cfg: Config, mode: str, dtype: torch.dtype) -> Callable
         module.zero_grad(set_to_none=True)
         with fast_path(fast):
             out, _ = module(x)
-            out.backward(grad)
+            out = out.data if cfg.packed else out
+            out.backward(grad.view(out.shape))
 
     return train
 
@@ -274,7 +313,8 @@ def markdown_table(results: list[Result]) -> str:
     by_key = {(r.config, r.mode, r.threads, r.dtype, r.impl): r for r in results}
     others = [i for i in impls if i != BASELINE]
     head = ["config", "mode", "thr", "dtype", f"{BASELINE} us"]
-    head += [f"{i} us" for i in others] + [f"{i} ratio" for i in others] + ["target"]
+    head += [f"{i} us" for i in others]
+    head += [f"{i} ratio (median of per-round ratios)" for i in others] + ["target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cfg_by_name = {c.name: c for c in CONFIGS}
     for key in keys:

@@ -218,10 +218,14 @@ def _to_steps(x: Tensor, layout: _Layout) -> Tensor:
 
 
 def _from_steps(out: Tensor, layout: _Layout) -> Tensor:
-    """``(D, L, N, H_out)`` in processing order to the caller's layout with ``D*H_out``."""
+    """``(D, L, N, H_out)`` (``(L, N, H_out)`` for one direction) in processing order to the
+    caller's layout with ``D*H_out`` features."""
+    count = len(layout.reverses)
     if layout.gather_out is not None:
         flat = out.reshape(-1, out.size(-1))  # (D*L*N, H_out)
-        return flat.index_select(0, layout.gather_out.view(-1)).view(-1, out.size(0) * out.size(-1))
+        return flat.index_select(0, layout.gather_out.view(-1)).view(-1, count * out.size(-1))
+    if count == 1:
+        return out.flip(0) if layout.reverses[0] else out
     parts = [out[d].flip(0) if r else out[d] for d, r in enumerate(layout.reverses)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
@@ -268,6 +272,7 @@ def run_layer(
         counts["inference"] += count
         with torch.no_grad():
             out, h_n, c_n, _ = _forward(inputs, h0, c0, flat, layout.ends, save=False)
+            out = _one(out, count)
     return _from_steps(out, layout), h_n, c_n
 
 
@@ -377,20 +382,13 @@ def _forward(
     b_ih, b_hh, w_hr = _weights(flat, 2), _weights(flat, 3), _weights(flat, 4)
     hidden, out_size = w_hh[0].size(0) // 4, w_hh[0].size(1)
     x2d = inputs.reshape(count, length * batch, input_size)  # (D, L*N, H_in)
-    if count == 1:
+    gates = inputs.new_empty(count, length, batch, 4 * hidden)  # (D, L, N, 4*H)
+    for d in range(count):  # one large GEMM per direction (a batched one measured far slower)
+        by_row = gates[d].view(length * batch, 4 * hidden)  # (L*N, 4*H)
         if b_ih is not None and b_hh is not None:
-            gates = torch.addmm(b_ih[0] + b_hh[0], x2d[0], w_ih[0].t())  # (L*N, 4*H)
+            torch.addmm(b_ih[d] + b_hh[d], x2d[d], w_ih[d].t(), out=by_row)
         else:
-            gates = torch.mm(x2d[0], w_ih[0].t())
-        gates = gates.view(1, length, batch, 4 * hidden)  # (1, L, N, 4*H)
-    else:
-        w = torch.stack(w_ih).transpose(1, 2)  # (D, H_in, 4*H)
-        if b_ih is not None and b_hh is not None:
-            bias = (torch.stack(b_ih) + torch.stack(b_hh)).unsqueeze(1)  # (D, 1, 4*H)
-            by_direction = torch.baddbmm(bias, x2d, w)  # (D, L*N, 4*H)
-        else:
-            by_direction = torch.bmm(x2d, w)
-        gates = by_direction.view(count, length, batch, 4 * hidden)  # (D, L, N, 4*H)
+            torch.mm(x2d[d], w_ih[d].t(), out=by_row)
     whh_t = _one(_transposed(w_hh), count)  # ([D,] H_out, 4*H)
     whr_t = None if w_hr is None else _one(_transposed(w_hr), count)
     out = inputs.new_empty(count, length, batch, out_size)  # (D, L, N, H_out)
@@ -448,7 +446,7 @@ class _Loop(NamedTuple):
         product = torch.mm if self.count == 1 else torch.bmm
         g = torch.empty_like(c)  # tanh(cell gate) of the step
         tanh_c = torch.empty_like(c)
-        h = self.h0
+        h, ends = self.h0, self.ends
         whh_t, whr_t = self.whh_t, self.whr_t
         for t in range(len(steps)):
             add_product(steps[t], h, whh_t)  # ([D,] N, 4*H)
@@ -460,7 +458,8 @@ class _Loop(NamedTuple):
                 h = torch.mul(outgate[t], tanh_c, out=outputs[t])  # ([D,] N, H)
             else:
                 h = product(tanh_c.mul_(outgate[t]), whr_t, out=outputs[t])  # ([D,] N, H_out)
-            self.capture(t, h, c)
+            if ends is not None:
+                self.capture(t, h, c)
         return h.clone(), c
 
     def train(
@@ -473,7 +472,7 @@ class _Loop(NamedTuple):
         add_product = Tensor.addmm_ if count == 1 else Tensor.baddbmm_
         product = torch.mm if count == 1 else torch.bmm
         tanh_c = torch.empty_like(c0)  # ([D,] N, H)
-        h, c = self.h0, c0
+        h, c, ends = self.h0, c0, self.ends
         whh_t, whr_t = self.whh_t, self.whr_t
         for t in range(len(steps)):
             add_product(steps[t], h, whh_t)
@@ -485,7 +484,8 @@ class _Loop(NamedTuple):
             h = torch.mul(outgate[t], tanh_c, out=hcells[t])  # ([D,] N, H)
             if whr_t is not None:
                 h = product(h, whr_t, out=outputs[t])  # ([D,] N, H_out)
-            self.capture(t, h, c)
+            if ends is not None:
+                self.capture(t, h, c)
         return h.clone(), c.clone()
 
 
@@ -512,7 +512,7 @@ class _FastLayer(torch.autograd.Function):
         ctx.save_for_backward(
             inputs, h0, c0, out, gates, cells, hcell if ctx.projected else None, *flat
         )
-        return out, h_n, c_n
+        return _one(out, out.size(0)), h_n, c_n  # one direction: no view node after this
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -551,7 +551,8 @@ def _backward_by_recompute(
             outs.append(out)
             hs.append(h)
             cs.append(c)
-        results = (torch.stack(outs), torch.stack(hs), torch.stack(cs))
+        joined = outs[0] if len(outs) == 1 else torch.stack(outs)  # as forward returned it
+        results = (joined, torch.stack(hs), torch.stack(cs))
         grads = torch.autograd.grad(
             results,
             [inputs[k] for k in wanted],
@@ -572,6 +573,8 @@ def _backward(
     inputs, h0, c0, out, gates, cells, hcell, *flat = ctx.saved_tensors
     if hcell is None:
         hcell = out
+    if d_out.dim() == 3:  # one direction: forward returned out[0]
+        d_out = d_out.unsqueeze(0)
     count, length, batch, input_size = inputs.shape
     w_ih, w_hh = cast(list[Tensor], _weights(flat, 0)), cast(list[Tensor], _weights(flat, 1))
     w_hr = _weights(flat, 4)
@@ -605,19 +608,17 @@ def _backward(
                 w_hh_all, w_hr_all)
     needs = ctx.needs_input_grad
     product = torch.mm if count == 1 else torch.bmm
-    steps = _steps(d_gates, count)
-    d_h0 = product(steps[0], w_hh_all) if needs[1] else None
-    d_c0 = d_c.mul_(_steps(forgetgate, count)[0]) if needs[2] else None
+    d_h0 = product(_one(d_gates[:, 0], count), w_hh_all) if needs[1] else None
+    d_c0 = d_c.mul_(_one(forgetgate[:, 0], count)) if needs[2] else None
 
     d_g = _by_direction(d_gates)  # (D, L*N, 4*H)
     d_x = None
     if needs[0]:
         d_x = _bmm(d_g, _stacked(w_ih)).view(count, length, batch, input_size)
     d_w_ih = _bmm(d_g.transpose(1, 2), inputs.reshape(count, length * batch, input_size))
-    d_w_hh = _bmm(d_g[:, :batch].transpose(1, 2), h0)  # (D, 4*H, H_out)
-    if length > 1:
-        prev = out[:, :-1].reshape(count, -1, out_size)  # (D, (L-1)*N, H_out)
-        d_w_hh += _bmm(d_g[:, batch:].transpose(1, 2), prev)
+    prev = out[:, :-1].reshape(count, -1, out_size)  # (D, (L-1)*N, H_out): h_prev of steps 1..
+    d_w_hh = _bmm(d_g[:, batch:].transpose(1, 2), prev)  # (D, 4*H, H_out)
+    d_w_hh.baddbmm_(d_g[:, :batch].transpose(1, 2), h0)  # step 0's h_prev is h0
     d_bias = d_g.sum(1)  # (D, 4*H)
     d_w_hr = None
     if d_h_all is not None:
