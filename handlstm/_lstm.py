@@ -205,6 +205,11 @@ class HandLSTM(nn.Module):
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     @property
+    def _first_weight(self) -> Tensor:
+        """``weight_ih_l0``: what dtype and device checks compare with (one lookup per call)."""
+        return getattr(self, self._flat_weights_names[0])  # type: ignore[no-any-return]
+
+    @property
     def _flat_weights(self) -> list[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
 
@@ -341,7 +346,7 @@ class HandLSTM(nn.Module):
         records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        sizes = _checks.check_packed(input, hx, self.input_size, self._flat_weights[0].dtype)
+        sizes = _checks.check_packed(input, hx, self.input_size, self._first_weight.dtype)
         h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
@@ -366,19 +371,19 @@ class HandLSTM(nn.Module):
             _checks.check_hx_rank((h0, c0), batched)
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        _checks.check_input(x, input_dim, self.input_size, self._flat_weights[0].dtype)
+        _checks.check_input(x, input_dim, self.input_size, self._first_weight.dtype)
         states = self.num_layers * self.num_directions
         expected_h = (states, batch, self.output_size)
         expected_c = (states, batch, self.hidden_size)
         if hx is None:
-            _checks.check_devices(x, (), self._flat_weights[0])
+            _checks.check_devices(x, (), self._first_weight)
             h0 = x.new_zeros(expected_h)
             c0 = x.new_zeros(expected_c)
             return h0, c0
         _checks.check_hidden_size(h0, expected_h, 0)
         _checks.check_hidden_size(c0, expected_c, 1)
         _checks.check_hx_structure(hx, batched)
-        _checks.check_devices(x, (h0, c0), self._flat_weights[0])
+        _checks.check_devices(x, (h0, c0), self._first_weight)
         _checks.check_hx_dtype(h0, x.dtype)
         return h0, c0
 

@@ -220,5 +220,6 @@ def run_layer(
         outputs.append(out)
         h_n.append(h)
         c_n.append(c)
-    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
-    return output, torch.stack(h_n, 0), torch.stack(c_n, 0)
+    if len(outputs) == 1:
+        return outputs[0], h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
+    return torch.cat(outputs, -1), torch.stack(h_n, 0), torch.stack(c_n, 0)
