@@ -96,11 +96,12 @@ def _transforms_active() -> bool:
 
 
 def _plain_variant(variant: Any) -> bool:
-    """True for None and for a variant that leaves every step nn.LSTM's (e.g. weight drop, or
-    dropouts in eval mode): the masks and weights it brings are already in the inputs."""
+    """True for None and for a variant the fast path computes: every step nn.LSTM's but for
+    recurrent dropout's mask on h (weight drop and input dropout are already in the inputs;
+    dropouts in eval mode are off)."""
     if variant is None:
         return True
-    if variant.record or variant.ln_ih is not None or variant.h_mask is not None:
+    if variant.record or variant.ln_ih is not None:
         return False
     if variant.zone_h is not None or variant.zone_c is not None:
         return False
@@ -240,6 +241,7 @@ def run_layer(
     c0: Tensor,
     weights: Sequence[Sequence[Tensor | None]],
     reverses: tuple[bool, ...] | None = None,
+    masks: Sequence[Tensor | None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The directions of one layer in lockstep; same contract as
     :func:`handlstm._scan.run_layer`. Call only where :func:`can_serve` said yes.
@@ -248,6 +250,7 @@ def run_layer(
         weights: per direction ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``.
         reverses: per direction, whether it runs from the last step; default forward, then
             reverse.
+        masks: per direction, recurrent dropout's ``(N, H_out)`` mask on h (scaled), or None.
 
     Returns:
         ``(output, h_n, c_n)``: ``(L, N, D*H_out)`` (or packed rows), ``(D, N, H_out)``,
@@ -264,14 +267,19 @@ def run_layer(
     if count > 1:
         counts["lockstep"] += 1
     flat = [t for direction in weights for t in direction]
+    mask = None
+    if masks is not None and any(m is not None for m in masks):
+        mask = torch.stack([torch.ones_like(h0[0]) if m is None else m for m in masks])
     inputs = _to_steps(x, layout)  # (D, L, N, H_in)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *flat)):
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *flat)
+    ):
         counts["train"] += count
-        out, h_n, c_n = _FastLayer.apply(inputs, h0, c0, layout.ends, *flat)
+        out, h_n, c_n = _FastLayer.apply(inputs, h0, c0, mask, layout.ends, *flat)
     else:
         counts["inference"] += count
         with torch.no_grad():
-            out, h_n, c_n, _ = _forward(inputs, h0, c0, flat, layout.ends, save=False)
+            out, h_n, c_n, _ = _forward(inputs, h0, c0, mask, flat, layout.ends, save=False)
             out = _one(out, count)
     return _from_steps(out, layout), h_n, c_n
 
@@ -283,6 +291,7 @@ def run_direction(
     weights: Sequence[Tensor | None],
     reverse: bool,
     batch_sizes: Sequence[int] | None = None,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer, same contract as :func:`handlstm._scan.run_direction`.
 
@@ -293,7 +302,7 @@ def run_direction(
         ``(N, H_cell)``.
     """
     output, h_n, c_n = run_layer(
-        x, batch_sizes, h0.unsqueeze(0), c0.unsqueeze(0), [weights], (reverse,)
+        x, batch_sizes, h0.unsqueeze(0), c0.unsqueeze(0), [weights], (reverse,), [mask]
     )
     return output, h_n[0], c_n[0]
 
@@ -361,6 +370,7 @@ def _forward(
     inputs: Tensor,
     h0: Tensor,
     c0: Tensor,
+    mask: Tensor | None,
     flat: Sequence[Tensor | None],
     ends: Ends | None,
     save: bool,
@@ -370,6 +380,7 @@ def _forward(
     Args:
         inputs: ``(D, L, N, H_in)`` in processing order.
         h0, c0: ``(D, N, H_out)``, ``(D, N, H_cell)``.
+        mask: recurrent dropout's ``(D, N, H_out)`` mask on every h fed to ``W_hh``, or None.
         flat: the weights of every direction, 5 per direction.
 
     Returns:
@@ -402,6 +413,7 @@ def _forward(
         ends,
         None if h_n is None else _one(h_n, count),
         None if c_n is None else _one(c_n, count),
+        None if mask is None else _one(mask, count),
     )
     if not save:
         h_last, c_last = loop.infer(gates, out, _one(c0, count).clone())
@@ -428,6 +440,11 @@ class _Loop(NamedTuple):
     ends: Ends | None
     h_n: Tensor | None  # (D, N, H_out), filled at each sequence's last step (packed)
     c_n: Tensor | None
+    mask: Tensor | None  # ([D,] N, H_out) recurrent dropout on h before W_hh
+
+    def masked(self, h: Tensor, into: Tensor | None) -> Tensor:
+        """h as the recurrent product sees it (``into`` holds it under recurrent dropout)."""
+        return h if self.mask is None or into is None else torch.mul(h, self.mask, out=into)
 
     def capture(self, t: int, h: Tensor, c: Tensor) -> None:
         """Copy the rows whose sequences end at step ``t`` into h_n and c_n (packed input)."""
@@ -448,8 +465,9 @@ class _Loop(NamedTuple):
         tanh_c = torch.empty_like(c)
         h, ends = self.h0, self.ends
         whh_t, whr_t = self.whh_t, self.whr_t
+        h_in = None if self.mask is None else torch.empty_like(self.mask)
         for t in range(len(steps)):
-            add_product(steps[t], h, whh_t)  # ([D,] N, 4*H)
+            add_product(steps[t], self.masked(h, h_in), whh_t)  # ([D,] N, 4*H)
             torch.tanh(cellgate[t], out=g)
             steps[t].sigmoid_()  # i, f and o are right; g was taken before
             c.mul_(forgetgate[t]).addcmul_(ingate[t], g)
@@ -474,8 +492,9 @@ class _Loop(NamedTuple):
         tanh_c = torch.empty_like(c0)  # ([D,] N, H)
         h, c, ends = self.h0, c0, self.ends
         whh_t, whr_t = self.whh_t, self.whr_t
+        h_in = None if self.mask is None else torch.empty_like(self.mask)
         for t in range(len(steps)):
-            add_product(steps[t], h, whh_t)
+            add_product(steps[t], self.masked(h, h_in), whh_t)
             inforget[t].sigmoid_()
             cellgate[t].tanh_()
             outgate[t].sigmoid_()
@@ -496,21 +515,28 @@ class _FastLayer(torch.autograd.Function):
     """The directions of one layer with a hand-written backward through time.
 
     Inputs: ``inputs`` ``(D, L, N, H_in)`` in processing order, ``h0`` ``(D, N, H_out)``,
-    ``c0`` ``(D, N, H_cell)``, ``ends`` (packed: rows ending at each step; None for dense), then
-    the five weights of each direction (None where absent). Outputs ``(out, h_n, c_n)`` with
-    ``out`` ``(D, L, N, H_out)``.
+    ``c0`` ``(D, N, H_cell)``, ``mask`` (recurrent dropout's ``(D, N, H_out)``, or None; no
+    gradient), ``ends`` (packed: rows ending at each step; None for dense), then the five
+    weights of each direction (None where absent). Outputs ``(out, h_n, c_n)`` with ``out``
+    ``(D, L, N, H_out)`` (``(L, N, H_out)`` for one direction).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, inputs: Tensor, h0: Tensor, c0: Tensor, ends: Ends | None, *flat: Tensor | None
+        ctx: Any,
+        inputs: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        mask: Tensor | None,
+        ends: Ends | None,
+        *flat: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        out, h_n, c_n, saved = _forward(inputs, h0, c0, flat, ends, save=True)
+        out, h_n, c_n, saved = _forward(inputs, h0, c0, mask, flat, ends, save=True)
         gates, cells, hcell = saved  # type: ignore[misc]
         ctx.ends = ends
         ctx.projected = flat[4] is not None
         ctx.save_for_backward(
-            inputs, h0, c0, out, gates, cells, hcell if ctx.projected else None, *flat
+            inputs, h0, c0, mask, out, gates, cells, hcell if ctx.projected else None, *flat
         )
         return _one(out, out.size(0)), h_n, c_n  # one direction: no view node after this
 
@@ -532,15 +558,18 @@ def _backward_by_recompute(
     from ._scan import run_direction as composed
 
     saved = ctx.saved_tensors
-    inputs = [saved[0], saved[1], saved[2], *saved[7:]]  # the Function's tensor inputs
-    index = [0, 1, 2, *range(4, 4 + len(saved) - 7)]  # their positions in forward's arguments
+    mask = saved[3]
+    inputs = [saved[0], saved[1], saved[2], *saved[8:]]  # the Function's differentiable inputs
+    index = [0, 1, 2, *range(5, 5 + len(saved) - 8)]  # their positions in forward's arguments
     wanted = [k for k, at in enumerate(index) if ctx.needs_input_grad[at]]
     ends: Ends | None = ctx.ends
     with torch.enable_grad(), disabled():
         x, h0, c0, *flat = inputs
         outs, hs, cs = [], [], []
         for d in range(x.size(0)):
-            variant = ScanVariant(record=True) if ends else None
+            variant = None
+            if ends or mask is not None:
+                variant = ScanVariant(h_mask=None if mask is None else mask[d], record=bool(ends))
             weights = DirectionWeights(*flat[5 * d : 5 * d + 5])
             out, h, c = composed(x[d], None, h0[d], c0[d], weights, False, variant)
             if ends and variant is not None:  # each sequence's state at its own last step
@@ -560,17 +589,15 @@ def _backward_by_recompute(
             create_graph=True,
             allow_unused=True,
         )
-    result: list[Tensor | None] = [None] * (4 + len(flat))
+    result: list[Tensor | None] = [None] * (5 + len(flat))
     for k, grad in zip(wanted, grads, strict=True):
         result[index[k]] = grad if grad is not None else torch.zeros_like(inputs[k])
     return tuple(result)
 
 
-def _backward(
-    ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor
-) -> tuple[Tensor | None, ...]:
+def _backward(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Tensor | None, ...]:
     """Backward through time with autograd off: per step only what the recurrence needs."""
-    inputs, h0, c0, out, gates, cells, hcell, *flat = ctx.saved_tensors
+    inputs, h0, c0, mask, out, gates, cells, hcell, *flat = ctx.saved_tensors
     if hcell is None:
         hcell = out
     if d_out.dim() == 3:  # one direction: forward returned out[0]
@@ -604,11 +631,25 @@ def _backward(
     w_hh_all = _one(_stacked(w_hh), count)  # ([D,] 4*H, H_out)
     w_hr_all = None if w_hr is None else _one(_stacked(w_hr), count)  # ([D,] H_out, H)
     d_h_all = d_out.new_empty(d_out.shape) if w_hr is not None else None
-    d_c = _bptt(ctx.ends, count, d_gates, forgetgate, b_carry, d_out, d_h_n, d_c_n, d_h_all,
-                w_hh_all, w_hr_all)
+    step_mask = None if mask is None else _one(mask, count)
+    d_c = _bptt(
+        ctx.ends,
+        d_gates,
+        forgetgate,
+        b_carry,
+        (d_out, d_h_n, d_c_n),
+        d_h_all,
+        step_mask,
+        w_hh_all,
+        w_hr_all,
+    )
     needs = ctx.needs_input_grad
     product = torch.mm if count == 1 else torch.bmm
-    d_h0 = product(_one(d_gates[:, 0], count), w_hh_all) if needs[1] else None
+    d_h0 = None
+    if needs[1]:
+        d_h0 = product(_one(d_gates[:, 0], count), w_hh_all)
+        if step_mask is not None:
+            d_h0.mul_(step_mask)
     d_c0 = d_c.mul_(_one(forgetgate[:, 0], count)) if needs[2] else None
 
     d_g = _by_direction(d_gates)  # (D, L*N, 4*H)
@@ -616,9 +657,12 @@ def _backward(
     if needs[0]:
         d_x = _bmm(d_g, _stacked(w_ih)).view(count, length, batch, input_size)
     d_w_ih = _bmm(d_g.transpose(1, 2), inputs.reshape(count, length * batch, input_size))
-    prev = out[:, :-1].reshape(count, -1, out_size)  # (D, (L-1)*N, H_out): h_prev of steps 1..
+    prev, first = out[:, :-1], h0  # h_prev of steps 1.. and of step 0, as W_hh saw them
+    if mask is not None:
+        prev, first = prev * mask.unsqueeze(1), h0 * mask
+    prev = prev.reshape(count, -1, out_size)  # (D, (L-1)*N, H_out)
     d_w_hh = _bmm(d_g[:, batch:].transpose(1, 2), prev)  # (D, 4*H, H_out)
-    d_w_hh.baddbmm_(d_g[:, :batch].transpose(1, 2), h0)  # step 0's h_prev is h0
+    d_w_hh.baddbmm_(d_g[:, :batch].transpose(1, 2), first)
     d_bias = d_g.sum(1)  # (D, 4*H)
     d_w_hr = None
     if d_h_all is not None:
@@ -628,9 +672,10 @@ def _backward(
         None if d_h0 is None else (d_h0.unsqueeze(0) if count == 1 else d_h0),
         None if d_c0 is None else (d_c0.unsqueeze(0) if count == 1 else d_c0),
         None,
+        None,
     ]
     for d in range(count):
-        at = 4 + 5 * d
+        at = 5 + 5 * d
         per = [d_w_ih[d], d_w_hh[d], d_bias[d], d_bias[d].clone(), d_w_hr]
         per[4] = None if d_w_hr is None else d_w_hr[d]
         grads += [g if needs[at + k] else None for k, g in enumerate(per)]
@@ -639,21 +684,26 @@ def _backward(
 
 def _bptt(
     ends: Ends | None,
-    count: int,
     d_gates: Tensor,
     forgetgate: Tensor,
     b_carry: Tensor,
-    d_out: Tensor,
-    d_h_n: Tensor,
-    d_c_n: Tensor,
+    grads: tuple[Tensor, Tensor, Tensor],
     d_h_all: Tensor | None,
+    mask: Tensor | None,
     w_hh: Tensor,
     w_hr: Tensor | None,
 ) -> Tensor:
     """The backward time loop: turns the factors in ``d_gates`` into gate gradients in place.
 
+    Args:
+        grads: ``(d_out, d_h_n, d_c_n)``, ``(D, L, N, H_out)``, ``(D, N, H_out)``, ``(D, N, H)``.
+        d_h_all: with projections, receives every step's gradient of h ``(D, L, N, H_out)``.
+        mask: recurrent dropout's ``([D,] N, H_out)`` mask, or None.
+
     Returns the gradient of the cell state before the first step's forget gate.
     """
+    d_out, d_h_n, d_c_n = grads
+    count = d_gates.size(0)
     h = d_gates.size(-1) // 4
     ifg = _steps(d_gates[..., : 3 * h].unflatten(-1, (3, h)), count)  # L x ([D,] N, 3, H)
     og = _steps(d_gates[..., 3 * h :], count)
@@ -667,6 +717,7 @@ def _bptt(
     addmm = torch.addmm if count == 1 else torch.baddbmm
     product = torch.mm if count == 1 else torch.bmm
     injected_h, injected_c = _one(d_h_n, count), _one(d_c_n, count)
+    recurrent = None if mask is None else torch.empty_like(mask)  # dh through W_hh, unmasked
     previous = -1
     for t in range(len(steps) - 1, -1, -1):
         target = d_h if d_h_steps is None else d_h_steps[t]
@@ -675,8 +726,12 @@ def _bptt(
                 torch.add(d_outs[t], injected_h, out=target)
             else:
                 target.copy_(d_outs[t])
-        else:
+        elif recurrent is None:
             addmm(d_outs[t], steps[previous], w_hh, out=target)
+            d_c.mul_(forgets[previous])
+        else:
+            product(steps[previous], w_hh, out=recurrent)
+            torch.addcmul(d_outs[t], recurrent, mask, out=target)
             d_c.mul_(forgets[previous])
         if ends is not None and t in ends:  # sequences ending here get d_h_n, d_c_n
             lo, hi = ends[t]

@@ -174,7 +174,8 @@ def run_direction(
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
     if _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):  # the one fast/composed choice
-        return _fast.run_direction(x, h0, c0, weights, reverse, batch_sizes)
+        mask = None if variant is None else variant.h_mask
+        return _fast.run_direction(x, h0, c0, weights, reverse, batch_sizes, mask)
     bias = None
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
@@ -211,7 +212,8 @@ def run_layer(
     """
     flat = [t for direction in weights for t in direction]
     if _fast.can_serve(x, batch_sizes, h0, c0, flat, list(variants)):
-        return _fast.run_layer(x, batch_sizes, h0, c0, weights)
+        masks = [None if v is None else v.h_mask for v in variants]
+        return _fast.run_layer(x, batch_sizes, h0, c0, weights, masks=masks)
     outputs, h_n, c_n = [], [], []
     for direction, (direction_weights, variant) in enumerate(zip(weights, variants, strict=True)):
         out, h, c = run_direction(

@@ -360,26 +360,57 @@ def test_single_reverse_direction_fast_equals_composed(packed: bool, proj: int) 
     [
         ({"weight_drop": 0.3}, True),
         ({"input_dropout": 0.3}, True),
+        ({"recurrent_dropout": 0.3}, True),
+        ({"recurrent_dropout": 0.3, "weight_drop": 0.3, "proj_size": 2}, True),
         ({"recurrent_dropout": 0.3, "weight_drop": 0.3, "input_dropout": 0.2}, False),
     ],
 )
-def test_plain_step_variants_take_fast_path(options: dict[str, Any], training: bool) -> None:
-    """Variants that leave every step nn.LSTM's (weight drop, input dropout, dropouts in eval)
-    run on the fast path and equal the composed path, masks and gradients included."""
+@pytest.mark.parametrize("packed", [False, True])
+def test_dropout_variants_take_fast_path(
+    options: dict[str, Any], training: bool, packed: bool
+) -> None:
+    """Variants whose steps the fast path computes (recurrent dropout's mask on h; weight drop
+    and input dropout act on its inputs; in eval all are off) equal the composed path, masks,
+    gradients and a Hessian-vector product included."""
     mine = HandLSTM(3, 4, num_layers=2, bidirectional=True, dtype=F64, **options)
     mine.train(training)
-    x = torch.randn(5, 2, 3, dtype=F64)
+    x: Any = torch.randn(5, 3, 3, dtype=F64)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([2, 5, 4]), enforce_sorted=False)
+    vs = [torch.randn_like(p) for p in mine.parameters()]
     results = []
     for fast in (True, False):
         torch.manual_seed(3)
-        mine.zero_grad()
         with path_counter() as seen, _fast.disabled() if not fast else _null():
             out, (h, c) = mine(x)
-            (out.square().sum() + h.sum() + c.sum()).backward()
+            out = out.data if packed else out
+            loss = out.square().sum() + h.sum() + c.square().sum()
+            grads = torch.autograd.grad(loss, list(mine.parameters()), create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vs, strict=True))
+            hvp = torch.autograd.grad(dot, list(mine.parameters()))
         assert seen["train"] == (4 if fast else 0)
-        results.append([out, h, c, *[p.grad.clone() for p in mine.parameters()]])
+        results.append([out, h, c, *grads, *hvp])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_recurrent_dropout_gradcheck() -> None:
+    """The hand-written backward with recurrent dropout's mask, against finite differences."""
+    mine = HandLSTM(2, 3, bidirectional=True, recurrent_dropout=0.4, dtype=F64)
+    x = torch.randn(4, 2, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    names = [n for n, _ in mine.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in mine.parameters()]
+
+    def run(x: Tensor, h0: Tensor, c0: Tensor, *ps: Tensor) -> tuple[Tensor, ...]:
+        torch.manual_seed(5)  # the same masks at every evaluation
+        out, (h, c) = functional_call(mine, dict(zip(names, ps, strict=True)), (x, (h0, c0)))
+        return out, h, c
+
+    with path_counter() as seen:
+        assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
+    assert seen["train"] > 0 and seen["recompute"] == 0
 
 
 def test_disabled_context_takes_composed_path() -> None:
