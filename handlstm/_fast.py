@@ -192,7 +192,6 @@ def _packed_layout(batch_sizes: Sequence[int], x: Tensor, reverses: tuple[bool, 
     backward = torch.where(valid, offsets[times] + rows, rows)  # processing step s = time L_n-1-s
     gather_in = torch.stack([backward if r else forward for r in reverses]).view(-1)
     step_of, row_of = valid.nonzero(as_tuple=True)  # every packed row's (time, sequence)
-    count = len(reverses)
     gather_out = torch.stack(
         [
             (d * length + (lengths[row_of] - 1 - step_of if r else step_of)) * batch + row_of
@@ -433,7 +432,7 @@ def _forward(
 class _Loop(NamedTuple):
     """What both forward loops share: the products, the initial h and where final states go."""
 
-    count: int  # D
+    directions: int  # D
     h0: Tensor  # ([D,] N, H_out)
     whh_t: Tensor  # ([D,] H_out, 4*H)
     whr_t: Tensor | None  # ([D,] H_cell, H_out)
@@ -457,10 +456,10 @@ class _Loop(NamedTuple):
     def infer(self, gates: Tensor, out: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """The recurrence keeping only the running state ``c`` (updated in place); fills
         ``out``, returns the last step's (h, c)."""
-        steps, ingate, forgetgate, cellgate, outgate, _ = _gate_steps(gates, self.count)
-        outputs = _steps(out, self.count)
-        add_product = Tensor.addmm_ if self.count == 1 else Tensor.baddbmm_
-        product = torch.mm if self.count == 1 else torch.bmm
+        steps, ingate, forgetgate, cellgate, outgate, _ = _gate_steps(gates, self.directions)
+        outputs = _steps(out, self.directions)
+        add_product = Tensor.addmm_ if self.directions == 1 else Tensor.baddbmm_
+        product = torch.mm if self.directions == 1 else torch.bmm
         g = torch.empty_like(c)  # tanh(cell gate) of the step
         tanh_c = torch.empty_like(c)
         h, ends = self.h0, self.ends
@@ -484,8 +483,8 @@ class _Loop(NamedTuple):
         self, gates: Tensor, out: Tensor, hcell: Tensor, cells: Tensor, c0: Tensor
     ) -> tuple[Tensor, Tensor]:
         """The recurrence saving activated gates, every c_t and every unprojected h_t."""
-        steps, ingate, forgetgate, cellgate, outgate, inforget = _gate_steps(gates, self.count)
-        count = self.count
+        steps, ingate, forgetgate, cellgate, outgate, inforget = _gate_steps(gates, self.directions)
+        count = self.directions
         hcells, outputs, cell_steps = _steps(hcell, count), _steps(out, count), _steps(cells, count)
         add_product = Tensor.addmm_ if count == 1 else Tensor.baddbmm_
         product = torch.mm if count == 1 else torch.bmm
@@ -726,7 +725,7 @@ def _bptt(
                 torch.add(d_outs[t], injected_h, out=target)
             else:
                 target.copy_(d_outs[t])
-        elif recurrent is None:
+        elif recurrent is None or mask is None:
             addmm(d_outs[t], steps[previous], w_hh, out=target)
             d_c.mul_(forgets[previous])
         else:

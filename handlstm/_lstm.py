@@ -418,7 +418,11 @@ class HandLSTM(nn.Module):
             variants: list[ScanVariant | None] = [None] * count
             if with_variant:
                 layer_input = _variants.input_dropout(
-                    layer_input, batch_sizes, self.options.input_dropout, self.training, f"_l{layer}"
+                    layer_input,
+                    batch_sizes,
+                    self.options.input_dropout,
+                    self.training,
+                    f"_l{layer}",
                 )
                 for d in range(count):
                     weights[d], variants[d] = self._direction_variant(
