@@ -19,7 +19,7 @@ path where it serves), ``HandLSTM-composed`` (fast path switched off, the compos
 Usage::
 
     python benchmarks/bench.py                 # full: 1 and 2 threads, float32 + float64
-    python benchmarks/bench.py --quick         # 2 threads, float32, < 2 minutes
+    python benchmarks/bench.py --quick         # 2 threads, float32, QUICK_CONFIGS, < 2 minutes
     python benchmarks/bench.py --memory        # peak memory of one training step
     python benchmarks/bench.py --json out.json --png out.png
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -107,6 +108,16 @@ CONFIGS = [
     Config("medium-weight_drop", *MEDIUM, options=(("weight_drop", 0.25),)),
 ]
 VARIANT_TARGET = (2.0, 1.6)
+#: What ``--quick`` times (under 2 minutes on a quiet 2-core machine): one row of each kind.
+QUICK_CONFIGS = (
+    "small",
+    "medium",
+    "long-thin",
+    "streaming",
+    "2L-bi",
+    "medium-packed",
+    "medium-recurrent_dropout",
+)
 
 TARGETS = {  # (inference, train) ratio targets HandLSTM / nn.LSTM, float32, 2 threads (#14)
     "small": (2.0, 2.0),
@@ -145,9 +156,10 @@ def build(impl: str, cfg: Config, dtype: torch.dtype) -> nn.Module:
     if impl == BASELINE:
         return ref
     if impl.startswith("HandLSTM"):
+        cls = BEFORE.HandLSTM if impl == BEFORE_NAME and BEFORE is not None else HandLSTM
         if not cfg.options:
-            return HandLSTM.from_torch(ref)
-        module = HandLSTM(
+            return cls.from_torch(ref)
+        module = cls(
             cfg.input_size,
             cfg.hidden_size,
             num_layers=cfg.num_layers,
@@ -169,8 +181,31 @@ def build(impl: str, cfg: Config, dtype: torch.dtype) -> nn.Module:
     raise ValueError(f"unknown implementation {impl!r}")
 
 
+#: ``--before DIR``: another checkout's ``handlstm`` package, timed as "HandLSTM-before".
+BEFORE: Any = None
+BEFORE_NAME = "HandLSTM-before"
+
+
+def load_before(directory: Path) -> Any:
+    """Import the ``handlstm`` package in ``directory`` under another name (``handlstm_before``),
+    so the "before" and "after" of a change run in the same process, interleaved."""
+    init = directory / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--before expects a handlstm package directory, got {directory}")
+    spec = importlib.util.spec_from_file_location(
+        "handlstm_before", init, submodule_search_locations=[str(directory)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["handlstm_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def implementations(with_composed: bool = True) -> list[str]:
     impls = [BASELINE, "HandLSTM"]
+    if BEFORE is not None:
+        impls.append(BEFORE_NAME)
     if with_composed and _fast is not None:
         impls.append("HandLSTM-composed")
     if DPLSTM is not None:
@@ -470,10 +505,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--composed", action="store_true", help="time HandLSTM-composed also with --quick"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a handlstm package directory of another checkout, timed as HandLSTM-before",
+    )
     args = parser.parse_args(argv)
+    global BEFORE
+    if args.before is not None:
+        BEFORE = load_before(args.before)
 
     by_name = {c.name: c for c in CONFIGS}
-    configs = [by_name[name] for name in args.configs] if args.configs else list(CONFIGS)
+    if args.configs:
+        configs = [by_name[name] for name in args.configs]
+    else:
+        configs = [by_name[name] for name in QUICK_CONFIGS] if args.quick else list(CONFIGS)
     info = machine()
     print(
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
@@ -494,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     threads_list = args.threads or ([2] if args.quick else [1, 2])
     dtypes = [torch.float32] + ([torch.float64] if args.float64 and not args.quick else [])
     rounds = args.rounds or (3 if args.quick else 7)
-    min_run_time = 0.05 if args.quick else 0.2
+    min_run_time = 0.02 if args.quick else 0.2
     impls = implementations(with_composed=args.composed or not args.quick)
     groups = [
         (cfg, mode, threads, dtype)
@@ -511,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({time.perf_counter() - start:.0f}s elapsed)"
         )
         chosen = impls
-        if args.quick and cfg.name != "medium":  # the peer only where its target is
+        if args.quick or cfg.packed or cfg.options:  # the peer: full runs, plain dense rows
             chosen = [i for i in impls if i != "DPLSTM"]
         results += time_group(
             cfg, mode, threads, dtype, chosen, rounds, min_run_time, args.cpu_time
@@ -519,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # after every group, so an interrupted run keeps what it measured
             write_json(args, info, results)
 
-    print(f"\nMedian times (us) and median ratios to {BASELINE} ({rounds} interleaved rounds):\n")
+    print(
+        f"\nMedian times (us) over {rounds} interleaved rounds, and the median of the per-round "
+        f"ratios to {BASELINE} (not the ratio of the medians):\n"
+    )
     print(markdown_table(results))
     if args.json:
         write_json(args, info, results)

@@ -26,10 +26,16 @@ order (``data`` gathered by one ``index_select``), the padded steps compute harm
 nothing reads, each sequence's final state is captured at its own last step, and the output is
 gathered back into the packed layout. Padded steps get exactly zero gradient, so nothing leaks.
 
+Of the variants, the fast path serves those whose steps stay nn.LSTM's but for recurrent
+dropout's mask on h (weight drop and input dropout act on its inputs; in eval mode all three are
+off); the others (layer norm, peepholes, zoneout, clipping, other activations) and
+:meth:`~handlstm.HandLSTM.forward_with_states` take the composed path.
+
 The fast path is a pure optimisation: :func:`can_serve` sends everything it does not handle to the
-composed path (variants that change a step, tensor subclasses, non-CPU devices, dtypes other
-than float32/float64, autocast, forward-mode AD, ``torch.func`` transforms, ``torch.compile`` /
-``torch.export`` / ``torch.jit`` tracing, Python dispatch or function modes, empty tensors).
+composed path (those variants, single-step sequences (measured faster composed: the setup costs
+more than the steps), tensor subclasses, non-CPU devices, dtypes other than float32/float64,
+autocast, forward-mode AD, ``torch.func`` transforms, ``torch.compile`` / ``torch.export`` /
+``torch.jit`` tracing, Python dispatch or function modes, empty tensors).
 Nothing is cached between calls, so a changed parameter can never be served stale.
 
 Gate order is torch's (i, f, g, o) throughout. Shapes: D directions, L sequence, N batch, H_in
