@@ -366,6 +366,17 @@ def _by_direction(buffer: Tensor) -> Tensor:
     return buffer.reshape(count, length * batch, features)
 
 
+def _active_rows(ends: Ends, length: int) -> list[int]:
+    """Each step's active rows (a prefix, as packed data sorts sequences by length) from the
+    steps at which sequences end."""
+    sizes, active = [0] * length, 0
+    for t in range(length - 1, -1, -1):
+        if t in ends:
+            active = ends[t][1]
+        sizes[t] = active
+    return sizes
+
+
 def _weights(flat: Sequence[Tensor | None], kind: int) -> list[Tensor] | None:
     found = [flat[k] for k in range(kind, len(flat), 5)]
     return None if found[0] is None else [t for t in found if t is not None]
@@ -419,13 +430,19 @@ def _forward(
         None if h_n is None else _one(h_n, count),
         None if c_n is None else _one(c_n, count),
         None if mask is None else _one(mask, count),
+        None if not ends else _active_rows(ends, length),
     )
     if not save:
         h_last, c_last = loop.infer(gates, out, _one(c0, count).clone())
         saved = None
     else:
-        hcell = out if w_hr is None else inputs.new_empty(count, length, batch, hidden)
-        cells = inputs.new_empty(count, length, batch, hidden)  # (D, L, N, H)
+        # Packed: rows past a sequence's end stay zero, so the backward (over all rows) reads
+        # finite values there and gives them exactly zero gradient.
+        if ends:
+            out.zero_()
+        empty = inputs.new_zeros if ends else inputs.new_empty
+        hcell = out if w_hr is None else empty(count, length, batch, hidden)
+        cells = empty(count, length, batch, hidden)  # (D, L, N, H)
         h_last, c_last = loop.train(gates, out, hcell, cells, _one(c0, count))
         saved = (gates, cells, hcell)
     if h_n is not None and c_n is not None:
@@ -446,10 +463,27 @@ class _Loop(NamedTuple):
     h_n: Tensor | None  # (D, N, H_out), filled at each sequence's last step (packed)
     c_n: Tensor | None
     mask: Tensor | None  # ([D,] N, H_out) recurrent dropout on h before W_hh
+    sizes: Sequence[int] | None  # packed: the active rows of each step (a prefix), else None
 
-    def masked(self, h: Tensor, into: Tensor | None) -> Tensor:
-        """h as the recurrent product sees it (``into`` holds it under recurrent dropout)."""
-        return h if self.mask is None or into is None else torch.mul(h, self.mask, out=into)
+    def rows(self, views: Sequence[Tensor], dim: int = -2) -> Sequence[Tensor]:
+        """Per-step views narrowed to each step's active rows (axis ``dim``) for packed input;
+        unchanged for dense input.
+
+        Rows past a sequence's end are neither computed nor read: their buffers stay as they
+        were (zeros where the backward reads them)."""
+        if self.sizes is None:
+            return views
+        full = views[0].size(dim)
+        return [
+            v if b == full else v.narrow(dim, 0, b) for v, b in zip(views, self.sizes, strict=True)
+        ]
+
+    def recurrent_input(self, length: int) -> tuple[Sequence[Tensor | None], Sequence[Any]]:
+        """Per step: a buffer for ``h * mask`` and the mask's rows (None without dropout)."""
+        if self.mask is None:
+            return [None] * length, [None] * length
+        into = torch.empty_like(self.mask)
+        return self.rows([into] * length), self.rows([self.mask] * length)
 
     def capture(self, t: int, h: Tensor, c: Tensor) -> None:
         """Copy the rows whose sequences end at step ``t`` into h_n and c_n (packed input)."""
@@ -462,50 +496,67 @@ class _Loop(NamedTuple):
     def infer(self, gates: Tensor, out: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """The recurrence keeping only the running state ``c`` (updated in place); fills
         ``out``, returns the last step's (h, c)."""
-        steps, ingate, forgetgate, cellgate, outgate, _ = _gate_steps(gates, self.directions)
+        views = _gate_steps(gates, self.directions)[:5]
+        steps, ingate, forgetgate, cellgate, outgate = (self.rows(v) for v in views)
         outputs = _steps(out, self.directions)
+        length = len(steps)
         add_product = Tensor.addmm_ if self.directions == 1 else Tensor.baddbmm_
         product = torch.mm if self.directions == 1 else torch.bmm
         g = torch.empty_like(c)  # tanh(cell gate) of the step
         tanh_c = torch.empty_like(c)
+        prev = self.rows([self.h0, *outputs[:-1]])  # the h each step reads
+        outputs, cs, gs, tanh_cs = (
+            self.rows(v) for v in (outputs, [c] * length, [g] * length, [tanh_c] * length)
+        )
+        into, masks = self.recurrent_input(length)
         h, ends = self.h0, self.ends
         whh_t, whr_t = self.whh_t, self.whr_t
-        h_in = None if self.mask is None else torch.empty_like(self.mask)
-        for t in range(len(steps)):
-            add_product(steps[t], self.masked(h, h_in), whh_t)  # ([D,] N, 4*H)
-            torch.tanh(cellgate[t], out=g)
+        for t in range(length):
+            h_in = prev[t] if masks[t] is None else torch.mul(prev[t], masks[t], out=into[t])
+            add_product(steps[t], h_in, whh_t)  # ([D,] N, 4*H)
+            torch.tanh(cellgate[t], out=gs[t])
             steps[t].sigmoid_()  # i, f and o are right; g was taken before
-            c.mul_(forgetgate[t]).addcmul_(ingate[t], g)
-            torch.tanh(c, out=tanh_c)
+            cs[t].mul_(forgetgate[t]).addcmul_(ingate[t], gs[t])
+            torch.tanh(cs[t], out=tanh_cs[t])
             if whr_t is None:
-                h = torch.mul(outgate[t], tanh_c, out=outputs[t])  # ([D,] N, H)
+                h = torch.mul(outgate[t], tanh_cs[t], out=outputs[t])  # ([D,] N, H)
             else:
-                h = product(tanh_c.mul_(outgate[t]), whr_t, out=outputs[t])  # ([D,] N, H_out)
+                h = product(tanh_cs[t].mul_(outgate[t]), whr_t, out=outputs[t])  # ([D,] N, H_out)
             if ends is not None:
-                self.capture(t, h, c)
+                self.capture(t, h, cs[t])
         return h.clone(), c
 
     def train(
         self, gates: Tensor, out: Tensor, hcell: Tensor, cells: Tensor, c0: Tensor
     ) -> tuple[Tensor, Tensor]:
         """The recurrence saving activated gates, every c_t and every unprojected h_t."""
-        steps, ingate, forgetgate, cellgate, outgate, inforget = _gate_steps(gates, self.directions)
         count = self.directions
-        hcells, outputs, cell_steps = _steps(hcell, count), _steps(out, count), _steps(cells, count)
+        views = _gate_steps(gates, count)
+        steps, ingate, forgetgate, cellgate, outgate = (self.rows(v) for v in views[:5])
+        inforget = self.rows(views[5], -3)  # ([D,] N, 2, H)
+        outputs, cell_steps = _steps(out, count), _steps(cells, count)
+        length = len(steps)
+        prev_h = self.rows([self.h0, *outputs[:-1]])  # the h and c each step reads
+        prev_c = self.rows([c0, *cell_steps[:-1]])
+        tanh_c = torch.empty_like(c0)  # ([D,] N, H)
+        hcells, outputs, cell_steps, tanh_cs = (
+            self.rows(v) for v in (_steps(hcell, count), outputs, cell_steps, [tanh_c] * length)
+        )
         add_product = Tensor.addmm_ if count == 1 else Tensor.baddbmm_
         product = torch.mm if count == 1 else torch.bmm
-        tanh_c = torch.empty_like(c0)  # ([D,] N, H)
+        into, masks = self.recurrent_input(length)
         h, c, ends = self.h0, c0, self.ends
         whh_t, whr_t = self.whh_t, self.whr_t
-        h_in = None if self.mask is None else torch.empty_like(self.mask)
-        for t in range(len(steps)):
-            add_product(steps[t], self.masked(h, h_in), whh_t)
+        for t in range(length):
+            h_in = prev_h[t] if masks[t] is None else torch.mul(prev_h[t], masks[t], out=into[t])
+            add_product(steps[t], h_in, whh_t)
             inforget[t].sigmoid_()
             cellgate[t].tanh_()
             outgate[t].sigmoid_()
-            c = torch.mul(forgetgate[t], c, out=cell_steps[t]).addcmul_(ingate[t], cellgate[t])
-            torch.tanh(c, out=tanh_c)
-            h = torch.mul(outgate[t], tanh_c, out=hcells[t])  # ([D,] N, H)
+            c = torch.mul(forgetgate[t], prev_c[t], out=cell_steps[t])
+            c.addcmul_(ingate[t], cellgate[t])
+            torch.tanh(c, out=tanh_cs[t])
+            h = torch.mul(outgate[t], tanh_cs[t], out=hcells[t])  # ([D,] N, H)
             if whr_t is not None:
                 h = product(h, whr_t, out=outputs[t])  # ([D,] N, H_out)
             if ends is not None:
