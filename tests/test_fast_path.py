@@ -269,6 +269,9 @@ def test_packed_input_takes_fast_path(bidirectional: bool, proj: int) -> None:
         assert_lstm_close(mine, ref, packed, hx)
     assert seen["packed"] == 2 and seen["train"] == 2 * d
     assert seen["lockstep"] == (2 if bidirectional else 0)
+    with path_counter() as seen, _fast.disabled():  # the composed packed path stays right too
+        assert_lstm_close(mine, ref, packed, hx)
+    assert seen["fast"] == 0
     with torch.no_grad(), path_counter() as seen:
         got, (h, c) = mine(packed, hx)
         want, (eh, ec) = ref(packed, hx)
