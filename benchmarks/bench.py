@@ -19,7 +19,7 @@ path where it serves), ``HandLSTM-composed`` (fast path switched off, the compos
 Usage::
 
     python benchmarks/bench.py                 # full: 1 and 2 threads, float32 + float64
-    python benchmarks/bench.py --quick         # 2 threads, float32, < 2 minutes
+    python benchmarks/bench.py --quick         # 2 threads, float32, QUICK_CONFIGS, < 2 minutes
     python benchmarks/bench.py --memory        # peak memory of one training step
     python benchmarks/bench.py --json out.json --png out.png
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils import benchmark
 
 from handlstm import HandLSTM
@@ -71,6 +73,8 @@ class Config:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    options: tuple[tuple[str, Any], ...] = ()  # HandLSTM variant options (nn.LSTM runs plain)
+    packed: bool = False  # a PackedSequence, lengths drawn in [seq_len/2, seq_len], unsorted
 
     def label(self) -> str:
         shape = f"({self.seq_len},{self.batch},{self.input_size},{self.hidden_size})"
@@ -79,24 +83,52 @@ class Config:
             extra += f" L{self.num_layers}"
         if self.bidirectional:
             extra += " bi"
+        if self.packed:
+            extra += " packed"
+        for key, value in self.options:
+            extra += f" {key}={value}"
         return f"{self.name} {shape}{extra}"
 
 
+MEDIUM = (64, 32, 128, 256)
 CONFIGS = [
     Config("small", 32, 8, 32, 64),
-    Config("medium", 64, 32, 128, 256),
+    Config("medium", *MEDIUM),
     Config("large", 128, 64, 512, 512),
     Config("long-thin", 512, 4, 64, 128),
     Config("streaming", 1, 1, 64, 128),
-    Config("medium-2L-bi", 64, 32, 128, 256, num_layers=2, bidirectional=True),
+    Config("2L-bi", 64, 16, 128, 128, num_layers=2, bidirectional=True),
+    Config("medium-2L-bi", *MEDIUM, num_layers=2, bidirectional=True),
+    Config("medium-packed", *MEDIUM, packed=True),
+    Config("medium-packed-bi", *MEDIUM, bidirectional=True, packed=True),
+    Config("medium-layer_norm", *MEDIUM, options=(("layer_norm", True),)),
+    Config("medium-recurrent_dropout", *MEDIUM, options=(("recurrent_dropout", 0.25),)),
+    Config("medium-zoneout", *MEDIUM, options=(("zoneout_h", 0.1), ("zoneout_c", 0.1))),
+    Config("medium-peepholes", *MEDIUM, options=(("peepholes", True),)),
+    Config("medium-weight_drop", *MEDIUM, options=(("weight_drop", 0.25),)),
 ]
+VARIANT_TARGET = (2.0, 1.6)
+#: What ``--quick`` times (under 2 minutes on a quiet 2-core machine): one row of each kind.
+QUICK_CONFIGS = (
+    "small",
+    "medium",
+    "long-thin",
+    "streaming",
+    "2L-bi",
+    "medium-packed",
+    "medium-recurrent_dropout",
+)
 
-TARGETS = {  # (inference, train) ratio targets HandLSTM / nn.LSTM, float32, 2 threads
-    "small": (2.5, 2.5),
-    "medium": (2.0, 1.8),
+TARGETS = {  # (inference, train) ratio targets HandLSTM / nn.LSTM, float32, 2 threads (#14)
+    "small": (2.0, 2.0),
+    "medium": (2.0, 1.5),
     "large": (1.5, 1.3),
-    "long-thin": (5.0, 4.0),
+    "long-thin": (3.0, 2.5),
     "streaming": (0.5, 0.6),
+    "2L-bi": (2.0, 1.5),
+    "medium-2L-bi": (1.6, 1.0),
+    "medium-packed": (0.8, 0.5),
+    **{c.name: VARIANT_TARGET for c in CONFIGS if c.options},
 }
 
 BASELINE = "nn.LSTM"
@@ -124,7 +156,19 @@ def build(impl: str, cfg: Config, dtype: torch.dtype) -> nn.Module:
     if impl == BASELINE:
         return ref
     if impl.startswith("HandLSTM"):
-        return HandLSTM.from_torch(ref)
+        cls = BEFORE.HandLSTM if impl == BEFORE_NAME and BEFORE is not None else HandLSTM
+        if not cfg.options:
+            return cls.from_torch(ref)
+        module = cls(
+            cfg.input_size,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            bidirectional=cfg.bidirectional,
+            dtype=dtype,
+            **dict(cfg.options),
+        )
+        module.load_state_dict(ref.state_dict(), strict=False)  # variant parameters: their init
+        return module
     if impl == "DPLSTM" and DPLSTM is not None:
         module = DPLSTM(
             cfg.input_size,
@@ -137,8 +181,31 @@ def build(impl: str, cfg: Config, dtype: torch.dtype) -> nn.Module:
     raise ValueError(f"unknown implementation {impl!r}")
 
 
+#: ``--before DIR``: another checkout's ``handlstm`` package, timed as "HandLSTM-before".
+BEFORE: Any = None
+BEFORE_NAME = "HandLSTM-before"
+
+
+def load_before(directory: Path) -> Any:
+    """Import the ``handlstm`` package in ``directory`` under another name (``handlstm_before``),
+    so the "before" and "after" of a change run in the same process, interleaved."""
+    init = directory / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--before expects a handlstm package directory, got {directory}")
+    spec = importlib.util.spec_from_file_location(
+        "handlstm_before", init, submodule_search_locations=[str(directory)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["handlstm_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def implementations(with_composed: bool = True) -> list[str]:
     impls = [BASELINE, "HandLSTM"]
+    if BEFORE is not None:
+        impls.append(BEFORE_NAME)
     if with_composed and _fast is not None:
         impls.append("HandLSTM-composed")
     if DPLSTM is not None:
@@ -150,9 +217,15 @@ def make_step(impl: str, cfg: Config, mode: str, dtype: torch.dtype) -> Callable
     """The callable timed for one implementation, configuration and mode."""
     module = build(impl, cfg, dtype)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(cfg.seq_len, cfg.batch, cfg.input_size, dtype=dtype, generator=gen)
+    x: Any = torch.randn(cfg.seq_len, cfg.batch, cfg.input_size, dtype=dtype, generator=gen)
     directions = 2 if cfg.bidirectional else 1
-    grad = torch.randn(cfg.seq_len, cfg.batch, directions * cfg.hidden_size, dtype=dtype)
+    rows = cfg.seq_len * cfg.batch
+    if cfg.packed:
+        lengths = torch.randint(cfg.seq_len // 2, cfg.seq_len + 1, (cfg.batch,), generator=gen)
+        lengths[cfg.batch // 2] = cfg.seq_len
+        x = pack_padded_sequence(x, lengths, enforce_sorted=False)  # packed once, outside
+        rows = int(lengths.sum())
+    grad = torch.randn(rows, directions * cfg.hidden_size, dtype=dtype, generator=gen)
     fast = impl != "HandLSTM-composed"
 
     if mode == "inference":
@@ -170,7 +243,8 @@ def make_step(impl: str, cfg: Config, mode: str, dtype: torch.dtype) -> Callable
         module.zero_grad(set_to_none=True)
         with fast_path(fast):
             out, _ = module(x)
-            out.backward(grad)
+            out = out.data if cfg.packed else out
+            out.backward(grad.view(out.shape))
 
     return train
 
@@ -274,7 +348,8 @@ def markdown_table(results: list[Result]) -> str:
     by_key = {(r.config, r.mode, r.threads, r.dtype, r.impl): r for r in results}
     others = [i for i in impls if i != BASELINE]
     head = ["config", "mode", "thr", "dtype", f"{BASELINE} us"]
-    head += [f"{i} us" for i in others] + [f"{i} ratio" for i in others] + ["target"]
+    head += [f"{i} us" for i in others]
+    head += [f"{i} ratio (median of per-round ratios)" for i in others] + ["target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cfg_by_name = {c.name: c for c in CONFIGS}
     for key in keys:
@@ -430,10 +505,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--composed", action="store_true", help="time HandLSTM-composed also with --quick"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a handlstm package directory of another checkout, timed as HandLSTM-before",
+    )
     args = parser.parse_args(argv)
+    global BEFORE
+    if args.before is not None:
+        BEFORE = load_before(args.before)
 
     by_name = {c.name: c for c in CONFIGS}
-    configs = [by_name[name] for name in args.configs] if args.configs else list(CONFIGS)
+    if args.configs:
+        configs = [by_name[name] for name in args.configs]
+    else:
+        configs = [by_name[name] for name in QUICK_CONFIGS] if args.quick else list(CONFIGS)
     info = machine()
     print(
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
@@ -454,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     threads_list = args.threads or ([2] if args.quick else [1, 2])
     dtypes = [torch.float32] + ([torch.float64] if args.float64 and not args.quick else [])
     rounds = args.rounds or (3 if args.quick else 7)
-    min_run_time = 0.05 if args.quick else 0.2
+    min_run_time = 0.02 if args.quick else 0.2
     impls = implementations(with_composed=args.composed or not args.quick)
     groups = [
         (cfg, mode, threads, dtype)
@@ -471,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({time.perf_counter() - start:.0f}s elapsed)"
         )
         chosen = impls
-        if args.quick and cfg.name != "medium":  # the peer only where its target is
+        if args.quick or cfg.packed or cfg.options:  # the peer: full runs, plain dense rows
             chosen = [i for i in impls if i != "DPLSTM"]
         results += time_group(
             cfg, mode, threads, dtype, chosen, rounds, min_run_time, args.cpu_time
@@ -479,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # after every group, so an interrupted run keeps what it measured
             write_json(args, info, results)
 
-    print(f"\nMedian times (us) and median ratios to {BASELINE} ({rounds} interleaved rounds):\n")
+    print(
+        f"\nMedian times (us) over {rounds} interleaved rounds, and the median of the per-round "
+        f"ratios to {BASELINE} (not the ratio of the medians):\n"
+    )
     print(markdown_table(results))
     if args.json:
         write_json(args, info, results)

@@ -1,31 +1,45 @@
-"""The fast path: one direction of one default LSTM layer over a dense sequence.
+"""The fast path: every direction of one default LSTM layer, stepped in lockstep.
 
-The composed path (:func:`handlstm._scan.scan` over :func:`handlstm._cell.lstm_step`) records every
-per-step op on the autograd tape and allocates fresh tensors at every step. This module computes
-the same function with fewer, in-place ops into preallocated buffers, and, when gradients are
-needed, as one :class:`torch.autograd.Function` with a hand-written backward through time:
+The composed path (:func:`handlstm._scan.scan` over :func:`handlstm._cell.lstm_step_gates`)
+records every per-step op on the autograd tape and allocates fresh tensors at every step. This
+module computes the same function with fewer, in-place ops into preallocated buffers, and, when
+gradients are needed, as one :class:`torch.autograd.Function` with a hand-written backward through
+time. The ``D`` directions of a layer (1, or 2 when bidirectional) run in lockstep: each is laid
+out in its own processing order (a reverse direction's input flipped in time), so step ``s`` of
+every direction is one ``(D, N, *)`` slice and one batched product (``baddbmm``) serves all of
+them.
 
-* forward: the input's share of all gates as one GEMM; per step one in-place ``addmm_`` of the
-  recurrent product into that step's slice, in-place activations (``sigmoid_`` on i and f, which
-  are adjacent, ``tanh_`` on g, ``sigmoid_`` on o), the cell update written into the step's slot
-  of a preallocated ``(L, N, H_cell)`` buffer, and h written into its slot of the output;
+* forward: the input's share of all gates as one GEMM per direction; per step one in-place
+  product of the recurrent term into that step's slice, in-place activations, the cell update
+  written into the step's slot of a preallocated buffer, and h written into its slot of the
+  output;
 * inference (no input needs a gradient): the same loop, saving nothing;
 * backward: the derivative factors of every gate are computed for all steps at once (large
-  elementwise ops), so a step only does one GEMM for dh and four small elementwise ops; dW_ih,
+  elementwise ops), so a step only does one product for dh and four small elementwise ops; dW_ih,
   dW_hh, dW_hr, the biases and dx are each one large GEMM (or sum) after the loop;
 * double backward (``create_graph=True``): the backward then recomputes the composed path from
   the saved inputs and differentiates it with ``create_graph=True``, so higher derivatives are
   exact and ``gradgradcheck`` passes.
 
+Packed input runs on the same loop: every sequence is laid out padded, in its own processing
+order (``data`` gathered by one ``index_select``), the padded steps compute harmless values that
+nothing reads, each sequence's final state is captured at its own last step, and the output is
+gathered back into the packed layout. Padded steps get exactly zero gradient, so nothing leaks.
+
+Of the variants, the fast path serves those whose steps stay nn.LSTM's but for recurrent
+dropout's mask on h (weight drop and input dropout act on its inputs; in eval mode all three are
+off); the others (layer norm, peepholes, zoneout, clipping, other activations) and
+:meth:`~handlstm.HandLSTM.forward_with_states` take the composed path.
+
 The fast path is a pure optimisation: :func:`can_serve` sends everything it does not handle to the
-composed path (packed input, variants, tensor subclasses, non-CPU devices, dtypes other than
-float32/float64, single-step sequences (measured faster composed), autocast, forward-mode AD,
-``torch.func`` transforms, ``torch.compile`` /
-``torch.export`` / ``torch.jit`` tracing, Python dispatch or function modes, empty tensors).
+composed path (those variants, single-step sequences (measured faster composed: the setup costs
+more than the steps), tensor subclasses, non-CPU devices, dtypes other than float32/float64,
+autocast, forward-mode AD, ``torch.func`` transforms, ``torch.compile`` / ``torch.export`` /
+``torch.jit`` tracing, Python dispatch or function modes, empty tensors).
 Nothing is cached between calls, so a changed parameter can never be served stale.
 
-Gate order is torch's (i, f, g, o) throughout. Shapes: L sequence, N batch, H_in input size,
-H_cell hidden size, H_out output size (``proj_size`` or H_cell).
+Gate order is torch's (i, f, g, o) throughout. Shapes: D directions, L sequence, N batch, H_in
+input size, H_cell hidden size, H_out output size (``proj_size`` or H_cell).
 """
 
 from __future__ import annotations
@@ -33,19 +47,36 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from ._cell import DEFAULT_VARIANT
+from ._fast_backward import _backward, _backward_by_recompute
+from ._fast_layout import (
+    Ends,
+    _active_rows,
+    _dense_layout,
+    _from_steps,
+    _gate_steps,
+    _one,
+    _packed_layout,
+    _steps,
+    _to_steps,
+    _transposed,
+    _weights,
+)
+
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("handlstm_fast", default=True)
 
-#: How often each path ran, by name: "inference" and "train" (fast path) and "recompute"
-#: (a fast-path backward that fell back to the composed path for ``create_graph=True``).
-#: For tests and benchmarks; not part of the public API.
+#: How often each path ran, by name: "inference" and "train" (fast path, one count per direction
+#: served), "lockstep" (calls that ran two directions together), "packed" (calls on packed input)
+#: and "recompute" (a fast-path backward that fell back to the composed path for
+#: ``create_graph=True``). For tests and benchmarks; not part of the public API.
 counts: Counter[str] = Counter()
 
 _DTYPES = (torch.float32, torch.float64)
@@ -66,12 +97,13 @@ def disabled() -> Iterator[None]:
 
 
 def _transforms_active() -> bool:
-    """True under forward-mode AD, torch.func transforms, compile/export/jit tracing or modes."""
+    """True under forward-mode AD, torch.func transforms, jit tracing or Python modes.
+
+    (compile/export are refused first thing in :func:`can_serve`.)
+    """
     if forward_ad._current_level >= 0:  # inside forward_ad.dual_level()
         return True
     if torch._C._are_functorch_transforms_active():
-        return True
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return True
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
@@ -80,30 +112,52 @@ def _transforms_active() -> bool:
     return _get_current_dispatch_mode() is not None
 
 
+def _plain_variant(variant: Any) -> bool:
+    """True for None and for a variant the fast path computes: every step nn.LSTM's but for
+    recurrent dropout's mask on h (weight drop and input dropout are already in the inputs;
+    dropouts in eval mode are off)."""
+    if variant is None:
+        return True
+    if variant.record or variant.ln_ih is not None:
+        return False
+    if variant.zone_h is not None or variant.zone_c is not None:
+        return False
+    return all(
+        mine is neutral or (isinstance(mine, float) and mine == neutral)
+        for mine, neutral in zip(variant.cell, DEFAULT_VARIANT, strict=True)
+    )
+
+
 def can_serve(
     x: Tensor,
     batch_sizes: Any,
     h0: Tensor,
     c0: Tensor,
-    weights: tuple[Tensor | None, ...],
+    weights: Sequence[Tensor | None],
     options: Any = None,
 ) -> bool:
-    """Whether the fast path computes this direction; otherwise the composed path must.
+    """Whether the fast path computes this direction (or layer); otherwise the composed path must.
 
     Args:
-        x: the direction's input, ``(L, N, H_in)`` dense (packed input is not served).
-        batch_sizes: None for dense input.
-        h0, c0: initial states ``(N, H_out)`` and ``(N, H_cell)``.
-        weights: ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``, None where absent.
-        options: the variant (see :class:`handlstm._scan.ScanVariant`); only None is served.
+        x: the input, ``(L, N, H_in)`` dense or ``(sum(batch_sizes), H_in)`` packed.
+        batch_sizes: None for dense input, else the packed batch size of each step.
+        h0, c0: initial states ``(N, H_out)`` and ``(N, H_cell)`` (or ``(D, N, *)``).
+        weights: ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)`` of each direction, one
+            after the other, None where absent.
+        options: the variant (see :class:`handlstm._scan.ScanVariant`), or a sequence of them
+            (one per direction); served only where every step stays nn.LSTM's.
     """
     # First, before anything dynamo cannot trace (a ContextVar read graph-breaks).
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
-    if not _ENABLED.get() or batch_sizes is not None or options is not None:
-        return False
-    if x.dim() != 3 or x.size(0) < 2 or x.numel() == 0 or h0.numel() == 0:
+    steps = x.size(0) if batch_sizes is None else len(batch_sizes)
+    if steps < 2 or not _ENABLED.get():
         return False  # one step: the composed path measured faster (fewer ops than the setup)
+    variants = options if isinstance(options, list | tuple) else (options,)
+    if not all(_plain_variant(v) for v in variants):
+        return False
+    if x.dim() != (3 if batch_sizes is None else 2) or x.numel() == 0 or h0.numel() == 0:
+        return False
     dtype, device = x.dtype, x.device
     if dtype not in _DTYPES or device.type not in _DEVICE_TYPES:
         return False
@@ -112,326 +166,312 @@ def can_serve(
             continue
         if type(t) not in _TENSOR_TYPES or t.dtype != dtype or t.device != device:
             return False
-    if (weights[2] is None) != (weights[3] is None):
-        return False
+    for k in range(0, len(weights), 5):
+        if (weights[k + 2] is None) != (weights[k + 3] is None):
+            return False
     if torch.is_autocast_enabled(device.type):
         return False
     return not _transforms_active()
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+def run_layer(
+    x: Tensor,
+    batch_sizes: Sequence[int] | None,
+    h0: Tensor,
+    c0: Tensor,
+    weights: Sequence[Sequence[Tensor | None]],
+    reverses: tuple[bool, ...] | None = None,
+    masks: Sequence[Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The directions of one layer in lockstep; same contract as
+    :func:`handlstm._scan.run_layer`. Call only where :func:`can_serve` said yes.
+
+    Args:
+        weights: per direction ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``.
+        reverses: per direction, whether it runs from the last step; default forward, then
+            reverse.
+        masks: per direction, recurrent dropout's ``(N, H_out)`` mask on h (scaled), or None.
+
+    Returns:
+        ``(output, h_n, c_n)``: ``(L, N, D*H_out)`` (or packed rows), ``(D, N, H_out)``,
+        ``(D, N, H_cell)``.
+    """
+    count = len(weights)
+    if reverses is None:
+        reverses = (False, True)[:count]
+    if batch_sizes is None:
+        layout = _dense_layout(x, reverses)
+    else:
+        layout = _packed_layout(batch_sizes, x, reverses)
+        counts["packed"] += 1
+    if count > 1:
+        counts["lockstep"] += 1
+    flat = [t for direction in weights for t in direction]
+    mask = None
+    if masks is not None and any(m is not None for m in masks):
+        mask = torch.stack([torch.ones_like(h0[0]) if m is None else m for m in masks])
+    inputs = _to_steps(x, layout)  # (D, L, N, H_in)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *flat)
+    ):
+        counts["train"] += count
+        out, h_n, c_n = _FastLayer.apply(inputs, h0, c0, mask, layout.ends, *flat)
+    else:
+        counts["inference"] += count
+        with torch.no_grad():
+            out, h_n, c_n, _ = _forward(inputs, h0, c0, mask, flat, layout.ends, save=False)
+            out = _one(out, count)
+    return _from_steps(out, layout), h_n, c_n
 
 
 def run_direction(
     x: Tensor,
     h0: Tensor,
     c0: Tensor,
-    weights: tuple[Tensor | None, ...],
+    weights: Sequence[Tensor | None],
     reverse: bool,
+    batch_sizes: Sequence[int] | None = None,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer, same contract as :func:`handlstm._scan.run_direction`.
 
     Call only where :func:`can_serve` said yes.
 
     Returns:
-        ``(output, h_n, c_n)``: ``(L, N, H_out)``, ``(N, H_out)``, ``(N, H_cell)``.
+        ``(output, h_n, c_n)``: ``(L, N, H_out)`` (or packed rows), ``(N, H_out)``,
+        ``(N, H_cell)``.
     """
-    weight_ih, weight_hh = cast(Tensor, weights[0]), cast(Tensor, weights[1])
-    bias_ih, bias_hh, weight_hr = weights[2], weights[3], weights[4]
-    inputs = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        counts["train"] += 1
-        output, h_n, c_n = _FastLSTMDirection.apply(*inputs, reverse)
-        return output, h_n, c_n
-    counts["inference"] += 1
-    with torch.no_grad():
-        output, h_n, c_n, _ = _forward(
-            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, reverse, save=False
-        )
-    return output, h_n, c_n
+    output, h_n, c_n = run_layer(
+        x, batch_sizes, h0.unsqueeze(0), c0.unsqueeze(0), [weights], (reverse,), [mask]
+    )
+    return output, h_n[0], c_n[0]
+
+
+# -- the forward recurrence --------------------------------------------------------------------
 
 
 def _forward(
-    x: Tensor,
+    inputs: Tensor,
     h0: Tensor,
     c0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None,
-    bias_hh: Tensor | None,
-    weight_hr: Tensor | None,
-    reverse: bool,
+    mask: Tensor | None,
+    flat: Sequence[Tensor | None],
+    ends: Ends | None,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """The forward recurrence into preallocated buffers (autograd must be off).
 
+    Args:
+        inputs: ``(D, L, N, H_in)`` in processing order.
+        h0, c0: ``(D, N, H_out)``, ``(D, N, H_cell)``.
+        mask: recurrent dropout's ``(D, N, H_out)`` mask on every h fed to ``W_hh``, or None.
+        flat: the weights of every direction, 5 per direction.
+
     Returns:
-        ``(output, h_n, c_n, saved)``; with ``save``, ``saved`` is ``(gates, cells, hcell)``:
-        ``gates`` holds the
-        activated gates ``(L, N, 4*H_cell)``, ``cells`` every ``c_t`` ``(L, N, H_cell)`` and
-        ``hcell`` every unprojected ``h_t`` (the output itself without projection).
+        ``(out, h_n, c_n, saved)`` with ``out`` ``(D, L, N, H_out)``; with ``save``, ``saved`` is
+        ``(gates, cells, hcell)``: the activated gates ``(D, L, N, 4*H_cell)``, every ``c_t``
+        ``(D, L, N, H_cell)`` and every unprojected ``h_t`` (``out`` itself without projection).
     """
-    length, batch, input_size = x.shape
-    hidden = weight_hh.size(0) // 4
-    out_size = weight_hh.size(1)
-    x2d = x.reshape(length * batch, input_size)  # (L*N, H_in)
-    if bias_ih is not None and bias_hh is not None:
-        gates = torch.addmm(bias_ih + bias_hh, x2d, weight_ih.t())  # (L*N, 4*H)
-    else:
-        gates = torch.mm(x2d, weight_ih.t())
-    gates = gates.view(length, batch, 4 * hidden)  # (L, N, 4*H)
-    whh_t = weight_hh.t()  # (H_out, 4*H)
-    whr_t = None if weight_hr is None else weight_hr.t()  # (H_cell, H_out)
-    output = x.new_empty(length, batch, out_size)  # (L, N, H_out)
-    order = range(length - 1, -1, -1) if reverse else range(length)
-    if not save:
-        h_n, c_n = _infer_loop(gates, output, h0, c0, whh_t, whr_t, order)
-        return output, h_n, c_n, None
-    hcell = output if weight_hr is None else x.new_empty(length, batch, hidden)
-    cells = x.new_empty(length, batch, hidden)  # (L, N, H)
-    h_n, c_n = _train_loop(gates, output, hcell, cells, h0, c0, whh_t, whr_t, order)
-    return output, h_n, c_n, (gates, cells, hcell)
-
-
-def _per_step(tensor: Tensor) -> tuple[Tensor, ...] | list[Tensor]:
-    """Views of each step ``tensor[t]``: one C++ unbind (a single index when L = 1)."""
-    return [tensor[0]] if tensor.size(0) == 1 else tensor.unbind(0)
-
-
-def _gate_steps(gates: Tensor) -> tuple[Any, ...]:
-    """Per-step views ``(all, i, f, g, o, i and f)`` of ``(L, N, 4*H)`` gates.
-
-    A constant number of view ops whatever L (slicing per step costs a few microseconds each).
-    """
-    length, batch, four_h = gates.shape
-    if length == 1:
-        step = gates[0]  # (N, 4*H)
-        by_gate = step.view(batch, 4, four_h // 4)  # (N, 4, H)
-        i, f, g, o = by_gate.unbind(1)
-        return [step], [i], [f], [g], [o], [by_gate[:, :2]]
-    by_gate = gates.view(length, batch, 4, four_h // 4)  # (L, N, 4, H)
-    per_gate = [gate.unbind(0) for gate in by_gate.unbind(2)]  # 4 x L x (N, H)
-    return (gates.unbind(0), *per_gate, by_gate[:, :, :2].unbind(0))
-
-
-def _infer_loop(
-    gates: Tensor,
-    output: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    whh_t: Tensor,
-    whr_t: Tensor | None,
-    order: range,
-) -> tuple[Tensor, Tensor]:
-    """The recurrence keeping only the running state; fills ``output``, returns (h_n, c_n)."""
-    batch, hidden = c0.shape
-    steps, ingate, forgetgate, cellgate, outgate, _ = _gate_steps(gates)
-    outputs = _per_step(output)
-    c = c0.clone()  # (N, H), updated in place
-    g = c0.new_empty(batch, hidden)  # tanh(cell gate) of the step
-    tanh_c = c0.new_empty(batch, hidden)
-    h = h0
-    for t in order:
-        steps[t].addmm_(h, whh_t)  # (N, 4*H)
-        torch.tanh(cellgate[t], out=g)
-        steps[t].sigmoid_()  # i, f and o are right; g was taken before
-        c.mul_(forgetgate[t]).addcmul_(ingate[t], g)
-        torch.tanh(c, out=tanh_c)
-        if whr_t is None:
-            h = torch.mul(outgate[t], tanh_c, out=outputs[t])  # (N, H)
+    count, length, batch, input_size = inputs.shape
+    w_ih, w_hh = cast(list[Tensor], _weights(flat, 0)), cast(list[Tensor], _weights(flat, 1))
+    b_ih, b_hh, w_hr = _weights(flat, 2), _weights(flat, 3), _weights(flat, 4)
+    hidden, out_size = w_hh[0].size(0) // 4, w_hh[0].size(1)
+    x2d = inputs.reshape(count, length * batch, input_size)  # (D, L*N, H_in)
+    gates = inputs.new_empty(count, length, batch, 4 * hidden)  # (D, L, N, 4*H)
+    for d in range(count):  # one large GEMM per direction (a batched one measured far slower)
+        by_row = gates[d].view(length * batch, 4 * hidden)  # (L*N, 4*H)
+        if b_ih is not None and b_hh is not None:
+            torch.addmm(b_ih[d] + b_hh[d], x2d[d], w_ih[d].t(), out=by_row)
         else:
-            h = torch.mm(tanh_c.mul_(outgate[t]), whr_t, out=outputs[t])  # (N, H_out)
-    return h.clone(), c
+            torch.mm(x2d[d], w_ih[d].t(), out=by_row)
+    whh_t = _one(_transposed(w_hh), count)  # ([D,] H_out, 4*H)
+    whr_t = None if w_hr is None else _one(_transposed(w_hr), count)
+    out = inputs.new_empty(count, length, batch, out_size)  # (D, L, N, H_out)
+    h_n = h0.new_empty(h0.shape) if ends else None
+    c_n = c0.new_empty(c0.shape) if ends else None
+    loop = _Loop(
+        count,
+        _one(h0, count),
+        whh_t,
+        whr_t,
+        ends,
+        None if h_n is None else _one(h_n, count),
+        None if c_n is None else _one(c_n, count),
+        None if mask is None else _one(mask, count),
+        None if not ends else _active_rows(ends, length),
+    )
+    if not save:
+        h_last, c_last = loop.infer(gates, out, _one(c0, count).clone())
+        saved = None
+    else:
+        # Packed: rows past a sequence's end stay zero, so the backward (over all rows) reads
+        # finite values there and gives them exactly zero gradient.
+        if ends:
+            out.zero_()
+        empty = inputs.new_zeros if ends else inputs.new_empty
+        hcell = out if w_hr is None else empty(count, length, batch, hidden)
+        cells = empty(count, length, batch, hidden)  # (D, L, N, H)
+        h_last, c_last = loop.train(gates, out, hcell, cells, _one(c0, count))
+        saved = (gates, cells, hcell)
+    if h_n is not None and c_n is not None:
+        return out, h_n, c_n, saved
+    if count == 1:
+        return out, h_last.unsqueeze(0), c_last.unsqueeze(0), saved
+    return out, h_last, c_last, saved
 
 
-def _train_loop(
-    gates: Tensor,
-    output: Tensor,
-    hcell: Tensor,
-    cells: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    whh_t: Tensor,
-    whr_t: Tensor | None,
-    order: range,
-) -> tuple[Tensor, Tensor]:
-    """The recurrence saving activated gates, every c_t and every unprojected h_t."""
-    steps, ingate, forgetgate, cellgate, outgate, inforget = _gate_steps(gates)
-    hcells, outputs, cell_steps = _per_step(hcell), _per_step(output), _per_step(cells)
-    tanh_c = c0.new_empty(c0.shape)  # (N, H)
-    h, c = h0, c0
-    for t in order:
-        steps[t].addmm_(h, whh_t)
-        inforget[t].sigmoid_()
-        cellgate[t].tanh_()
-        outgate[t].sigmoid_()
-        c = torch.mul(forgetgate[t], c, out=cell_steps[t]).addcmul_(ingate[t], cellgate[t])
-        torch.tanh(c, out=tanh_c)
-        h = torch.mul(outgate[t], tanh_c, out=hcells[t])  # (N, H)
-        if whr_t is not None:
-            h = torch.mm(h, whr_t, out=outputs[t])  # (N, H_out)
-    return h.clone(), c.clone()
+class _Loop(NamedTuple):
+    """What both forward loops share: the products, the initial h and where final states go."""
+
+    directions: int  # D
+    h0: Tensor  # ([D,] N, H_out)
+    whh_t: Tensor  # ([D,] H_out, 4*H)
+    whr_t: Tensor | None  # ([D,] H_cell, H_out)
+    ends: Ends | None
+    h_n: Tensor | None  # (D, N, H_out), filled at each sequence's last step (packed)
+    c_n: Tensor | None
+    mask: Tensor | None  # ([D,] N, H_out) recurrent dropout on h before W_hh
+    sizes: Sequence[int] | None  # packed: the active rows of each step (a prefix), else None
+
+    def rows(self, views: Sequence[Tensor], dim: int = -2) -> Sequence[Tensor]:
+        """Per-step views narrowed to each step's active rows (axis ``dim``) for packed input;
+        unchanged for dense input.
+
+        Rows past a sequence's end are neither computed nor read: their buffers stay as they
+        were (zeros where the backward reads them)."""
+        if self.sizes is None:
+            return views
+        full = views[0].size(dim)
+        return [
+            v if b == full else v.narrow(dim, 0, b) for v, b in zip(views, self.sizes, strict=True)
+        ]
+
+    def recurrent_input(self, length: int) -> tuple[Sequence[Tensor | None], Sequence[Any]]:
+        """Per step: a buffer for ``h * mask`` and the mask's rows (None without dropout)."""
+        if self.mask is None:
+            return [None] * length, [None] * length
+        into = torch.empty_like(self.mask)
+        return self.rows([into] * length), self.rows([self.mask] * length)
+
+    def capture(self, t: int, h: Tensor, c: Tensor) -> None:
+        """Copy the rows whose sequences end at step ``t`` into h_n and c_n (packed input)."""
+        if self.ends is None or t not in self.ends or self.h_n is None or self.c_n is None:
+            return
+        lo, hi = self.ends[t]
+        self.h_n.narrow(-2, lo, hi - lo).copy_(h.narrow(-2, lo, hi - lo))
+        self.c_n.narrow(-2, lo, hi - lo).copy_(c.narrow(-2, lo, hi - lo))
+
+    def infer(self, gates: Tensor, out: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The recurrence keeping only the running state ``c`` (updated in place); fills
+        ``out``, returns the last step's (h, c)."""
+        views = _gate_steps(gates, self.directions)[:5]
+        steps, ingate, forgetgate, cellgate, outgate = (self.rows(v) for v in views)
+        outputs = _steps(out, self.directions)
+        length = len(steps)
+        add_product = Tensor.addmm_ if self.directions == 1 else Tensor.baddbmm_
+        product = torch.mm if self.directions == 1 else torch.bmm
+        g = torch.empty_like(c)  # tanh(cell gate) of the step
+        tanh_c = torch.empty_like(c)
+        prev = self.rows([self.h0, *outputs[:-1]])  # the h each step reads
+        outputs, cs, gs, tanh_cs = (
+            self.rows(v) for v in (outputs, [c] * length, [g] * length, [tanh_c] * length)
+        )
+        into, masks = self.recurrent_input(length)
+        h, ends = self.h0, self.ends
+        whh_t, whr_t = self.whh_t, self.whr_t
+        for t in range(length):
+            h_in = prev[t] if masks[t] is None else torch.mul(prev[t], masks[t], out=into[t])
+            add_product(steps[t], h_in, whh_t)  # ([D,] N, 4*H)
+            torch.tanh(cellgate[t], out=gs[t])
+            steps[t].sigmoid_()  # i, f and o are right; g was taken before
+            cs[t].mul_(forgetgate[t]).addcmul_(ingate[t], gs[t])
+            torch.tanh(cs[t], out=tanh_cs[t])
+            if whr_t is None:
+                h = torch.mul(outgate[t], tanh_cs[t], out=outputs[t])  # ([D,] N, H)
+            else:
+                h = product(tanh_cs[t].mul_(outgate[t]), whr_t, out=outputs[t])  # ([D,] N, H_out)
+            if ends is not None:
+                self.capture(t, h, cs[t])
+        return h.clone(), c
+
+    def train(
+        self, gates: Tensor, out: Tensor, hcell: Tensor, cells: Tensor, c0: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The recurrence saving activated gates, every c_t and every unprojected h_t."""
+        count = self.directions
+        views = _gate_steps(gates, count)
+        steps, ingate, forgetgate, cellgate, outgate = (self.rows(v) for v in views[:5])
+        inforget = self.rows(views[5], -3)  # ([D,] N, 2, H)
+        outputs, cell_steps = _steps(out, count), _steps(cells, count)
+        length = len(steps)
+        prev_h = self.rows([self.h0, *outputs[:-1]])  # the h and c each step reads
+        prev_c = self.rows([c0, *cell_steps[:-1]])
+        tanh_c = torch.empty_like(c0)  # ([D,] N, H)
+        hcells, outputs, cell_steps, tanh_cs = (
+            self.rows(v) for v in (_steps(hcell, count), outputs, cell_steps, [tanh_c] * length)
+        )
+        add_product = Tensor.addmm_ if count == 1 else Tensor.baddbmm_
+        product = torch.mm if count == 1 else torch.bmm
+        into, masks = self.recurrent_input(length)
+        h, c, ends = self.h0, c0, self.ends
+        whh_t, whr_t = self.whh_t, self.whr_t
+        for t in range(length):
+            h_in = prev_h[t] if masks[t] is None else torch.mul(prev_h[t], masks[t], out=into[t])
+            add_product(steps[t], h_in, whh_t)
+            inforget[t].sigmoid_()
+            cellgate[t].tanh_()
+            outgate[t].sigmoid_()
+            c = torch.mul(forgetgate[t], prev_c[t], out=cell_steps[t])
+            c.addcmul_(ingate[t], cellgate[t])
+            torch.tanh(c, out=tanh_cs[t])
+            h = torch.mul(outgate[t], tanh_cs[t], out=hcells[t])  # ([D,] N, H)
+            if whr_t is not None:
+                h = product(h, whr_t, out=outputs[t])  # ([D,] N, H_out)
+            if ends is not None:
+                self.capture(t, h, c)
+        return h.clone(), c.clone()
 
 
-class _FastLSTMDirection(torch.autograd.Function):
-    """One direction of one layer with a hand-written backward through time."""
+# -- training: one autograd Function per layer ----------------------------------------------------
+
+
+class _FastLayer(torch.autograd.Function):
+    """The directions of one layer with a hand-written backward through time.
+
+    Inputs: ``inputs`` ``(D, L, N, H_in)`` in processing order, ``h0`` ``(D, N, H_out)``,
+    ``c0`` ``(D, N, H_cell)``, ``mask`` (recurrent dropout's ``(D, N, H_out)``, or None; no
+    gradient), ``ends`` (packed: rows ending at each step; None for dense), then the five
+    weights of each direction (None where absent). Outputs ``(out, h_n, c_n)`` with ``out``
+    ``(D, L, N, H_out)`` (``(L, N, H_out)`` for one direction).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        x: Tensor,
+        inputs: Tensor,
         h0: Tensor,
         c0: Tensor,
-        weight_ih: Tensor,
-        weight_hh: Tensor,
-        bias_ih: Tensor | None,
-        bias_hh: Tensor | None,
-        weight_hr: Tensor | None,
-        reverse: bool,
+        mask: Tensor | None,
+        ends: Ends | None,
+        *flat: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        output, h_n, c_n, saved = _forward(
-            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, reverse, save=True
-        )
+        out, h_n, c_n, saved = _forward(inputs, h0, c0, mask, flat, ends, save=True)
         gates, cells, hcell = saved  # type: ignore[misc]
-        ctx.reverse = reverse
+        ctx.ends = ends
+        ctx.projected = flat[4] is not None
         ctx.save_for_backward(
-            x,
-            h0,
-            c0,
-            weight_ih,
-            weight_hh,
-            bias_ih,
-            bias_hh,
-            weight_hr,
-            output,
-            gates,
-            cells,
-            None if weight_hr is None else hcell,
+            inputs, h0, c0, mask, out, gates, cells, hcell if ctx.projected else None, *flat
         )
-        return output, h_n, c_n
+        return _one(out, out.size(0)), h_n, c_n  # one direction: no view node after this
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, d_output: Tensor, d_h_n: Tensor, d_c_n: Tensor
+        ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor
     ) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composed path
             counts["recompute"] += 1
-            return _backward_by_recompute(ctx, d_output, d_h_n, d_c_n)
-        return _backward(ctx, d_output, d_h_n, d_c_n)
-
-
-def _backward_by_recompute(
-    ctx: Any, d_output: Tensor, d_h_n: Tensor, d_c_n: Tensor
-) -> tuple[Tensor | None, ...]:
-    """Gradients as a differentiable function of the inputs: recompute, then autograd.grad."""
-    from ._scan import DirectionWeights, run_direction
-
-    saved = ctx.saved_tensors
-    inputs = saved[:8]
-    wanted = [k for k in range(8) if ctx.needs_input_grad[k]]
-    with torch.enable_grad(), disabled():
-        x, h0, c0, *weights = inputs
-        outs = run_direction(x, None, h0, c0, DirectionWeights(*weights), ctx.reverse)
-        grads = torch.autograd.grad(
-            outs,
-            [inputs[k] for k in wanted],
-            (d_output, d_h_n, d_c_n),
-            create_graph=True,
-            allow_unused=True,
-        )
-    result: list[Tensor | None] = [None] * 9
-    for k, grad in zip(wanted, grads, strict=True):
-        result[k] = grad if grad is not None else torch.zeros_like(inputs[k])
-    return tuple(result)
-
-
-def _backward(
-    ctx: Any, d_output: Tensor, d_h_n: Tensor, d_c_n: Tensor
-) -> tuple[Tensor | None, ...]:
-    """Backward through time with autograd off: per step only what the recurrence needs."""
-    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, hcell) = ctx.saved_tensors
-    if hcell is None:
-        hcell = output
-    length, batch, input_size = x.shape
-    hidden = w_hh.size(0) // 4
-    out_size = w_hh.size(1)
-    h = hidden
-    ingate, forgetgate = gates[..., :h], gates[..., h : 2 * h]
-    cellgate, outgate = gates[..., 2 * h : 3 * h], gates[..., 3 * h :]
-    reverse = ctx.reverse
-    first, last = (length - 1, 0) if reverse else (0, length - 1)  # in forward time order
-
-    # Derivative factors for every step at once, laid out in the gate-gradient buffer:
-    # d_gates[t] = [dc * K_i, dc * K_f, dc * K_g, dh * K_o] with
-    # K_i = g i (1-i), K_f = c_prev f (1-f), K_g = i (1-g^2), K_o = tanh(c) o (1-o),
-    # and B = o (1 - tanh(c)^2) carries dh into dc.
-    d_gates = gates.new_empty(length, batch, 4 * h)  # (L, N, 4*H)
-    k_i, k_f = d_gates[..., :h], d_gates[..., h : 2 * h]
-    k_g, k_o = d_gates[..., 2 * h : 3 * h], d_gates[..., 3 * h :]
-    torch.mul(ingate, cellgate, out=k_i)
-    k_i.mul_(1 - ingate)
-    torch.mul(forgetgate, 1 - forgetgate, out=k_f)
-    if reverse:  # c_prev[t] = c[t+1], c0 at t = L-1
-        k_f[:-1].mul_(cells[1:])
-    else:  # c_prev[t] = c[t-1], c0 at t = 0
-        k_f[1:].mul_(cells[:-1])
-    k_f[first].mul_(c0)
-    torch.addcmul(ingate, ingate, cellgate.square(), value=-1, out=k_g)
-    tanh_c = cells.tanh()  # (L, N, H), becomes B below
-    torch.mul(outgate, 1 - outgate, out=k_o)
-    k_o.mul_(tanh_c)
-    b_carry = tanh_c.square_().neg_().add_(1).mul_(outgate)  # (L, N, H)
-
-    ifg = d_gates[..., : 3 * h].unflatten(-1, (3, h)).unbind(0)  # L x (N, 3, H)
-    og = k_o.unbind(0)
-    steps = d_gates.unbind(0)
-    forgets = forgetgate.unbind(0)
-    carries = b_carry.unbind(0)
-    d_outs = d_output.unbind(0)
-    projected = w_hr is not None
-    d_h_all = d_output.new_empty(length, batch, out_size) if projected else None
-    d_h_steps = d_h_all.unbind(0) if d_h_all is not None else None
-    d_h = d_output.new_empty(batch, out_size)  # (N, H_out)
-    d_c = d_c_n.clone()  # (N, H)
-    order = range(length) if reverse else range(length - 1, -1, -1)
-    previous = -1
-    for t in order:
-        target = d_h if d_h_steps is None else d_h_steps[t]
-        if previous < 0:
-            torch.add(d_outs[t], d_h_n, out=target)
-        else:
-            torch.addmm(d_outs[t], steps[previous], w_hh, out=target)
-            d_c.mul_(forgets[previous])
-        d_hc = target if w_hr is None else torch.mm(target, w_hr)  # (N, H)
-        d_c.addcmul_(d_hc, carries[t])
-        ifg[t].mul_(d_c.unsqueeze(1))
-        og[t].mul_(d_hc)
-        previous = t
-    d_h0 = torch.mm(steps[first], w_hh) if ctx.needs_input_grad[1] else None
-    d_c0 = d_c.mul_(forgets[first]) if ctx.needs_input_grad[2] else None
-
-    d_g2d = d_gates.view(length * batch, 4 * h)  # (L*N, 4*H)
-    needs = ctx.needs_input_grad
-    d_x = torch.mm(d_g2d, w_ih).view(length, batch, input_size) if needs[0] else None
-    d_w_ih = torch.mm(d_g2d.t(), x.reshape(length * batch, input_size)) if needs[3] else None
-    d_w_hh = None
-    if needs[4]:
-        if reverse:  # h_prev[t] = out[t+1], h0 at t = L-1
-            body_g, body_h = d_gates[:-1], output[1:]
-        else:  # h_prev[t] = out[t-1], h0 at t = 0
-            body_g, body_h = d_gates[1:], output[:-1]
-        d_w_hh = torch.mm(d_gates[first].t(), h0)  # (4*H, H_out)
-        if length > 1:
-            d_w_hh.addmm_(body_g.reshape(-1, 4 * h).t(), body_h.reshape(-1, out_size))
-    d_bias = d_g2d.sum(0) if (needs[5] or needs[6]) else None
-    d_w_hr = None
-    if projected and needs[7] and d_h_all is not None:
-        d_w_hr = torch.mm(d_h_all.view(-1, out_size).t(), hcell.view(-1, hidden))  # (H_out, H)
-    return (
-        d_x,
-        d_h0,
-        d_c0,
-        d_w_ih,
-        d_w_hh,
-        d_bias if needs[5] else None,
-        (d_bias.clone() if needs[5] else d_bias) if needs[6] and d_bias is not None else None,
-        d_w_hr,
-        None,
-    )
+            return _backward_by_recompute(ctx, d_out, d_h_n, d_c_n)
+        return _backward(ctx, d_out, d_h_n, d_c_n)

@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks, _variants
 from ._options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
-from ._scan import DirectionWeights, ScanVariant, run_direction
+from ._scan import DirectionWeights, ScanVariant, run_layer
 
 
 class LSTMStates(NamedTuple):
@@ -246,6 +246,11 @@ class HandLSTM(nn.Module):
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     @property
+    def _first_weight(self) -> Tensor:
+        """``weight_ih_l0``: what dtype and device checks compare with (one lookup per call)."""
+        return getattr(self, self._flat_weights_names[0])  # type: ignore[no-any-return]
+
+    @property
     def _flat_weights(self) -> list[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
 
@@ -412,7 +417,7 @@ class HandLSTM(nn.Module):
         records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        sizes = _checks.check_packed(input, hx, self.input_size, self._flat_weights[0].dtype)
+        sizes = _checks.check_packed(input, hx, self.input_size, self._first_weight.dtype)
         h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
@@ -437,19 +442,19 @@ class HandLSTM(nn.Module):
             _checks.check_hx_rank((h0, c0), batched)
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        _checks.check_input(x, input_dim, self.input_size, self._flat_weights[0].dtype)
+        _checks.check_input(x, input_dim, self.input_size, self._first_weight.dtype)
         states = self.num_layers * self.num_directions
         expected_h = (states, batch, self.output_size)
         expected_c = (states, batch, self.hidden_size)
         if hx is None:
-            _checks.check_devices(x, (), self._flat_weights[0])
+            _checks.check_devices(x, (), self._first_weight)
             h0 = x.new_zeros(expected_h)
             c0 = x.new_zeros(expected_c)
             return h0, c0
         _checks.check_hidden_size(h0, expected_h, 0)
         _checks.check_hidden_size(c0, expected_c, 1)
         _checks.check_hx_structure(hx, batched)
-        _checks.check_devices(x, (h0, c0), self._flat_weights[0])
+        _checks.check_devices(x, (h0, c0), self._first_weight)
         _checks.check_hx_dtype(h0, x.dtype)
         return h0, c0
 
@@ -476,44 +481,52 @@ class HandLSTM(nn.Module):
         """
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
-        outputs: list[Tensor] = []
         layer_input = x
-        with_variant = records is not None or not self.options.is_default
-        for layer, direction in self._layers_and_directions():
-            index = layer * self.num_directions + direction
-            weights, variant = self._direction_weights(layer, direction), None
+        count = self.num_directions
+        with_variant = records is not None or not self._options_default()
+        for layer in range(self.num_layers):
+            weights = [self._direction_weights(layer, d) for d in range(count)]
+            variants: list[ScanVariant | None] = [None] * count
             if with_variant:
-                if direction == 0:
-                    layer_input = _variants.input_dropout(
-                        layer_input,
-                        batch_sizes,
-                        self.options.input_dropout,
-                        self.training,
-                        f"_l{layer}",
-                    )
-                weights, variant = self._direction_variant(
-                    weights, layer, direction, layer_input, batch_sizes, records is not None
+                layer_input = _variants.input_dropout(
+                    layer_input,
+                    batch_sizes,
+                    self.options.input_dropout,
+                    self.training,
+                    f"_l{layer}",
                 )
-            out, h, c = run_direction(
+                for d in range(count):
+                    weights[d], variants[d] = self._direction_variant(
+                        weights[d], layer, d, layer_input, batch_sizes, records is not None
+                    )
+            first = layer * count
+            out, h, c = run_layer(
                 layer_input,
                 batch_sizes,
-                h0[index],
-                c0[index],
+                h0[first : first + count],
+                c0[first : first + count],
                 weights,
-                reverse=direction == 1,
-                variant=variant,
+                variants,
             )
-            if records is not None and variant is not None:
-                records.append((out, variant))
-            outputs.append(out)
+            if records is not None:
+                for part, variant in zip(out.chunk(count, -1), variants, strict=True):
+                    records.append((part, variant))  # type: ignore[arg-type]
             h_n.append(h)
             c_n.append(c)
-            if direction == self.num_directions - 1:
-                layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
-                outputs = []
-                if self.training and self.dropout > 0 and layer < self.num_layers - 1:
-                    layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, torch.stack(h_n, 0), torch.stack(c_n, 0)
+            layer_input = out
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        if len(h_n) == 1:
+            return layer_input, h_n[0], c_n[0]
+        return layer_input, torch.cat(h_n, 0), torch.cat(c_n, 0)
+
+    def _options_default(self) -> bool:
+        """``self.options.is_default``, worked out once per options object (they are frozen)."""
+        known = self.__dict__.get("_options_default_for")
+        if known is None or known[0] is not self.options:
+            known = (self.options, self.options.is_default)
+            self.__dict__["_options_default_for"] = known
+        return known[1]
 
     def _direction_variant(
         self,

@@ -174,7 +174,8 @@ def run_direction(
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
     if _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):  # the one fast/composed choice
-        return _fast.run_direction(x, h0, c0, weights, reverse)
+        mask = None if variant is None else variant.h_mask
+        return _fast.run_direction(x, h0, c0, weights, reverse, batch_sizes, mask)
     bias = None
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
@@ -183,3 +184,44 @@ def run_direction(
     return scan(
         gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant
     )
+
+
+def run_layer(
+    x: Tensor,
+    batch_sizes: Sequence[int] | None,
+    h0: Tensor,
+    c0: Tensor,
+    weights: Sequence[DirectionWeights],
+    variants: Sequence[ScanVariant | None],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every direction of one layer: direction 0 forward, direction 1 (if any) reversed.
+
+    The one place that picks between the directions in lockstep (the fast path, one batched
+    product per step for all of them) and each direction on its own through
+    :func:`run_direction`.
+
+    Args:
+        x: ``(L, N, H_in)`` dense or ``(sum(batch_sizes), H_in)`` packed.
+        batch_sizes: None for dense input, else the packed batch size of each step.
+        h0, c0: initial states ``(D, N, H_out)`` and ``(D, N, H_cell)``.
+        weights, variants: per direction, as for :func:`run_direction`.
+
+    Returns:
+        ``(output, h_n, c_n)``: the directions' outputs concatenated on the last axis
+        (``D*H_out`` features, in ``x``'s layout), and states ``(D, N, H_out)``, ``(D, N, H_cell)``.
+    """
+    flat = [t for direction in weights for t in direction]
+    if _fast.can_serve(x, batch_sizes, h0, c0, flat, list(variants)):
+        masks = [None if v is None else v.h_mask for v in variants]
+        return _fast.run_layer(x, batch_sizes, h0, c0, weights, masks=masks)
+    outputs, h_n, c_n = [], [], []
+    for direction, (direction_weights, variant) in enumerate(zip(weights, variants, strict=True)):
+        out, h, c = run_direction(
+            x, batch_sizes, h0[direction], c0[direction], direction_weights, direction == 1, variant
+        )
+        outputs.append(out)
+        h_n.append(h)
+        c_n.append(c)
+    if len(outputs) == 1:
+        return outputs[0], h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
+    return torch.cat(outputs, -1), torch.stack(h_n, 0), torch.stack(c_n, 0)

@@ -36,12 +36,13 @@ def make_pair(**config: Any) -> tuple[HandLSTM, nn.LSTM]:
 
 @contextmanager
 def path_counter() -> Iterator[dict[str, int]]:
-    """Counts of fast-path runs (``fast``: forward calls, ``recompute``) inside the block."""
+    """Counts of fast-path runs inside the block: ``inference`` and ``train`` (directions
+    served), ``fast`` (their sum), ``lockstep`` and ``packed`` (layer calls), ``recompute``."""
     before = dict(_fast.counts)
     seen: dict[str, int] = {}
     yield seen
     after = dict(_fast.counts)
-    for key in ("inference", "train", "recompute"):
+    for key in ("inference", "train", "recompute", "lockstep", "packed"):
         seen[key] = after.get(key, 0) - before.get(key, 0)
     seen["fast"] = seen["inference"] + seen["train"]
 
@@ -87,6 +88,7 @@ def test_fast_path_grid(
     with path_counter() as seen:
         assert_lstm_close(mine, ref, x)
     assert seen["train"] == layers * (2 if bidirectional else 1)
+    assert seen["lockstep"] == (layers if bidirectional else 0)  # both directions at once
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (1, 4, 3), (2, 1, 3), (7, 1, 3)])
@@ -121,7 +123,8 @@ def test_inference_matches_and_saves_nothing() -> None:
 def test_fast_path_is_the_recorded_graph() -> None:
     mine, _ = make_pair(input_size=3, hidden_size=4)
     out, (h, c) = mine(torch.randn(5, 2, 3, dtype=F64))
-    assert "FastLSTMDirection" in out.grad_fn.name()
+    near = [out.grad_fn, *(fn for fn, _ in out.grad_fn.next_functions if fn is not None)]
+    assert any("FastLayer" in fn.name() for fn in near)  # the output is a view of its result
 
 
 def test_dropout_fast_equals_composed() -> None:
@@ -238,13 +241,179 @@ def test_double_backward_matches_nn_lstm() -> None:
 # -- every case the fast path does not serve takes the composed path, correctly -----------------
 
 
-def test_packed_input_takes_composed_path() -> None:
-    mine, ref = make_pair(input_size=3, hidden_size=4, bidirectional=True)
-    x = torch.randn(5, 3, 3, dtype=F64)
-    packed = pack_padded_sequence(x, torch.tensor([5, 2, 4]), enforce_sorted=False)
+@settings(max_examples=25)
+@given(case=lstm_cases(kinds=("packed_sorted", "packed_unsorted"), max_len=6))
+def test_packed_fast_path_matches_nn_lstm(case: Any) -> None:
+    """Packed input (any lengths, sorted or not, with or without hx) on the fast path."""
+    ref = case.make()
+    mine = case.make(HandLSTM, ref.state_dict())
     with path_counter() as seen:
-        assert_lstm_close(mine, ref, packed)
+        assert_lstm_close(mine, ref, case.input, case.hx)
+    layers = case.config["num_layers"]
+    fast = max(case.lengths) > 1
+    assert seen["packed"] == (layers if fast else 0)
+    directions = 2 if case.config["bidirectional"] else 1
+    assert seen["train"] == (layers * directions if fast else 0)
+
+
+@pytest.mark.parametrize("bidirectional,proj", [(False, 0), (True, 0), (True, 2)])
+def test_packed_input_takes_fast_path(bidirectional: bool, proj: int) -> None:
+    mine, ref = make_pair(
+        input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional, proj_size=proj
+    )
+    x = torch.randn(6, 4, 3, dtype=F64)
+    packed = pack_padded_sequence(x, torch.tensor([5, 2, 6, 1]), enforce_sorted=False)
+    d = 2 if bidirectional else 1
+    hx = (torch.randn(2 * d, 4, proj or 4, dtype=F64), torch.randn(2 * d, 4, 4, dtype=F64))
+    with path_counter() as seen:
+        assert_lstm_close(mine, ref, packed, hx)
+    assert seen["packed"] == 2 and seen["train"] == 2 * d
+    assert seen["lockstep"] == (2 if bidirectional else 0)
+    with path_counter() as seen, _fast.disabled():  # the composed packed path stays right too
+        assert_lstm_close(mine, ref, packed, hx)
     assert seen["fast"] == 0
+    with torch.no_grad(), path_counter() as seen:
+        got, (h, c) = mine(packed, hx)
+        want, (eh, ec) = ref(packed, hx)
+    assert seen["inference"] == 2 * d
+    for a, b in ((got.data, want.data), (h, eh), (c, ec)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("slow_check", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_packed_gradcheck_and_gradgradcheck(slow_check: bool) -> None:
+    """The hand-written backward on packed input (each sequence ends at its own step), and the
+    double backward's recompute, against finite differences."""
+    mine, _ = make_pair(input_size=1, hidden_size=2, bidirectional=True)
+    lengths = torch.tensor([3, 1, 2])
+    x = torch.randn(3, 3, 1, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 3, 2, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 3, 2, dtype=F64, requires_grad=True)
+    names = [n for n, _ in mine.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in mine.parameters()]
+
+    def run(x: Tensor, h0: Tensor, c0: Tensor, *ps: Tensor) -> tuple[Tensor, ...]:
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        args = (packed, (h0, c0))
+        out, (h, c) = functional_call(mine, dict(zip(names, ps, strict=True)), args)
+        return out.data, h, c
+
+    with path_counter() as seen:
+        assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
+    assert seen["packed"] > 0 and seen["recompute"] == 0
+    if slow_check:
+        with path_counter() as seen:
+            assert torch.autograd.gradgradcheck(run, (x, h0, c0, *params))
+        assert seen["recompute"] > 0
+
+
+def test_packed_double_backward_matches_nn_lstm() -> None:
+    """A Hessian-vector product through the packed fast path (its recompute) vs nn.LSTM's."""
+    mine, ref = make_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 3, dtype=F64)
+    packed = pack_padded_sequence(x, torch.tensor([2, 5, 3]), enforce_sorted=False)
+    vs = [torch.randn_like(p) for p in ref.parameters()]
+    hvps = []
+    for module in (mine, ref):
+        params = list(module.parameters())
+        with path_counter() as seen:
+            out, (h, c) = module(packed)
+            loss = out.data.square().sum() + c.square().sum() + (h * h.flip(0)).sum()
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+        if module is mine:
+            assert seen["packed"] == 2 and seen["recompute"] == 2
+        dot = sum((g * v).sum() for g, v in zip(grads, vs, strict=True))
+        hvps.append(torch.autograd.grad(dot, params))
+    for a, b in zip(*hvps, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_single_reverse_direction_fast_equals_composed(packed: bool, proj: int) -> None:
+    """``_scan.run_direction`` with ``reverse=True`` on its own (not in lockstep)."""
+    from handlstm._scan import run_direction
+
+    mine, _ = make_pair(input_size=3, hidden_size=4, bidirectional=True, proj_size=proj)
+    weights = mine._direction_weights(0, 1)
+    out_size = proj or 4
+    if packed:
+        sizes = [3, 3, 2, 1]
+        x = torch.randn(sum(sizes), 3, dtype=F64, requires_grad=True)
+        batch_sizes: list[int] | None = sizes
+    else:
+        x = torch.randn(4, 3, 3, dtype=F64, requires_grad=True)
+        batch_sizes = None
+    h0 = torch.randn(3, out_size, dtype=F64, requires_grad=True)
+    c0 = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    results = []
+    for fast in (True, False):
+        with path_counter() as seen, _fast.disabled() if not fast else _null():
+            out, h, c = run_direction(x, batch_sizes, h0, c0, weights, True)
+            loss = out.square().sum() + (h * c.sum()).sum() + c.square().sum()
+            grads = torch.autograd.grad(loss, [x, h0, c0, *mine.parameters()], allow_unused=True)
+        assert seen["train"] == (1 if fast else 0)
+        results.append([out, h, c, *[g for g in grads if g is not None]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "options,training",
+    [
+        ({"weight_drop": 0.3}, True),
+        ({"input_dropout": 0.3}, True),
+        ({"recurrent_dropout": 0.3}, True),
+        ({"recurrent_dropout": 0.3, "weight_drop": 0.3, "proj_size": 2}, True),
+        ({"recurrent_dropout": 0.3, "weight_drop": 0.3, "input_dropout": 0.2}, False),
+    ],
+)
+@pytest.mark.parametrize("packed", [False, True])
+def test_dropout_variants_take_fast_path(
+    options: dict[str, Any], training: bool, packed: bool
+) -> None:
+    """Variants whose steps the fast path computes (recurrent dropout's mask on h; weight drop
+    and input dropout act on its inputs; in eval all are off) equal the composed path, masks,
+    gradients and a Hessian-vector product included."""
+    mine = HandLSTM(3, 4, num_layers=2, bidirectional=True, dtype=F64, **options)
+    mine.train(training)
+    x: Any = torch.randn(5, 3, 3, dtype=F64)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([2, 5, 4]), enforce_sorted=False)
+    vs = [torch.randn_like(p) for p in mine.parameters()]
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(3)
+        with path_counter() as seen, _fast.disabled() if not fast else _null():
+            out, (h, c) = mine(x)
+            out = out.data if packed else out
+            loss = out.square().sum() + h.sum() + c.square().sum()
+            grads = torch.autograd.grad(loss, list(mine.parameters()), create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vs, strict=True))
+            hvp = torch.autograd.grad(dot, list(mine.parameters()))
+        assert seen["train"] == (4 if fast else 0)
+        results.append([out, h, c, *grads, *hvp])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_recurrent_dropout_gradcheck() -> None:
+    """The hand-written backward with recurrent dropout's mask, against finite differences."""
+    mine = HandLSTM(2, 3, bidirectional=True, recurrent_dropout=0.4, dtype=F64)
+    x = torch.randn(4, 2, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    names = [n for n, _ in mine.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in mine.parameters()]
+
+    def run(x: Tensor, h0: Tensor, c0: Tensor, *ps: Tensor) -> tuple[Tensor, ...]:
+        torch.manual_seed(5)  # the same masks at every evaluation
+        out, (h, c) = functional_call(mine, dict(zip(names, ps, strict=True)), (x, (h0, c0)))
+        return out, h, c
+
+    with path_counter() as seen:
+        assert torch.autograd.gradcheck(run, (x, h0, c0, *params))
+    assert seen["train"] > 0 and seen["recompute"] == 0
 
 
 def test_disabled_context_takes_composed_path() -> None:
