@@ -407,7 +407,8 @@ class HandLSTM(nn.Module):
         c_n: list[Tensor] = []
         outputs: list[Tensor] = []
         layer_input = x
-        with_variant = records is not None or not self.options.is_default
+        tape = self.__dict__.get("_per_sample_tape")  # set by _per_sample for one opacus call
+        with_variant = records is not None or not self.options.is_default or tape is not None
         for layer, direction in self._layers_and_directions():
             index = layer * self.num_directions + direction
             weights, variant = self._direction_weights(layer, direction), None
@@ -423,6 +424,8 @@ class HandLSTM(nn.Module):
                 weights, variant = self._direction_variant(
                     weights, layer, direction, layer_input, batch_sizes, records is not None
                 )
+                if tape is not None:
+                    weights, variant = tape.direction(weights, variant, batch_sizes)
             out, h, c = run_direction(
                 layer_input,
                 batch_sizes,
