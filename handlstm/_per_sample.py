@@ -99,7 +99,7 @@ class _Collect(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         sums = ctx.tape.finish()
-        return (None, *(g if s is None else g + s for g, s in zip(grads, sums)))
+        return (None, *(g if s is None else g + s for g, s in zip(grads, sums, strict=True)))
 
 
 class DirectionTape:
@@ -140,7 +140,8 @@ class DirectionTape:
         for kind, slots in (("hh", self.hh), ("hr", self.hr)):
             done = [s for s in slots if s.grad is not None]
             if done:
-                found[kind] = (self._stack([s.grad for s in done]), self._stack([s.x for s in done]))  # type: ignore[misc]
+                grads = [s.grad for s in done if s.grad is not None]
+                found[kind] = (self._stack(grads), self._stack([s.x for s in done]))
         for slot in (*self.ih, *self.hh, *self.hr):
             slot.grad = None  # a later backward through the same graph records afresh
         return found
@@ -148,7 +149,7 @@ class DirectionTape:
     def _pad_input(self, t: Tensor) -> Tensor:
         """The input GEMM's ``(L, N, *)``, ``(N, *)`` (a cell) or packed rows, as (K, N, *)."""
         if self.batch_sizes is None:
-            return t.reshape(-1, self.batch, t.size(-1))
+            return t if t.dim() == 3 else t.unsqueeze(0)
         steps = len(self.batch_sizes)
         rows = torch.cat(
             [
@@ -200,7 +201,7 @@ class ModuleTape:
         self.sink = sink
         self.directions: list[tuple[DirectionTape, dict[str, int]]] = []
         outputs = _Collect.apply(self, *params) if params else ()
-        self._views = {id(p): (i, v) for i, (p, v) in enumerate(zip(params, outputs))}
+        self._views = {id(p): (i, v) for i, (p, v) in enumerate(zip(params, outputs, strict=True))}
 
     def direction(
         self,
@@ -211,7 +212,7 @@ class ModuleTape:
         """Route one layer's and direction's parameters and linear ops through the tape."""
         index: dict[str, int] = {}
         swapped: list[Tensor | None] = []
-        for kind, w in zip(DirectionWeights._fields, weights):
+        for kind, w in zip(DirectionWeights._fields, weights, strict=True):
             found = None if w is None else self._views.get(id(w))
             if found is not None:
                 index[kind] = found[0]

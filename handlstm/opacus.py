@@ -26,7 +26,6 @@ and each module computes its per-sample gradients inside its own backward
 from __future__ import annotations
 
 import types
-import weakref
 from typing import Any
 
 import torch
@@ -59,9 +58,8 @@ _ATTR = "_handlstm_opacus"  # on an adopted module: its _Sink
 class _Sink:
     """One adopted module's link to its opacus hooks object."""
 
-    def __init__(self, hooks: GradSampleHooks, module: nn.Module) -> None:
-        self.hooks = weakref.ref(hooks)
-        self.module = weakref.ref(module)
+    def __init__(self, hooks: GradSampleHooks) -> None:
+        self.hooks = lambda: hooks  # a strong reference, as opacus's own hooks hold
         self.max_batch_len = 0  # over the forward calls not yet differentiated, as opacus
 
     def active(self, module: nn.Module) -> bool:
@@ -168,7 +166,7 @@ def _adopt(hooks: GradSampleHooks) -> None:
     hooks.autograd_grad_sample_hooks[:] = kept
     for module in owned:
         _per_sample.check_options(module)
-        module.__dict__[_ATTR] = _Sink(hooks, module)
+        module.__dict__[_ATTR] = _Sink(hooks)
         forward = _lstm_forward if isinstance(module, HandLSTM) else _cell_forward
         module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
 
