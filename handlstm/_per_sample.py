@@ -45,6 +45,15 @@ UNSUPPORTED_OPTIONS = ("layer_norm", "peepholes", "weight_drop")
 _GRAM_RATIO = 1.0
 
 
+#: The parameters whose per-sample gradients each recorded op gives (biases: ``b_ih + b_hh`` is
+#: the input GEMM's bias).
+_USERS = {
+    "ih": ("weight_ih", "bias_ih", "bias_hh"),
+    "hh": ("weight_hh",),
+    "hr": ("weight_hr",),
+}
+
+
 class Sink(Protocol):
     """The integration's side: when to record, and where the results go."""
 
@@ -230,10 +239,7 @@ class ModuleTape:
         for tape, index in self.directions:
             blocks = tape.blocks()
             for kind, (d_out, x) in blocks.items():
-                names = {"ih": ("weight_ih",), "hh": ("weight_hh",), "hr": ("weight_hr",)}[kind]
-                if kind == "ih":
-                    names += ("bias_ih", "bias_hh")
-                for name in names:
+                for name in _USERS[kind]:
                     if name in index:
                         i = index[name]
                         sums[i], results[i] = _gradients(name, d_out, x, want)
