@@ -57,13 +57,14 @@ _USERS = {
 class Sink(Protocol):
     """The integration's side: when to record, and where the results go."""
 
-    def want(self, tape: ModuleTape) -> str:
-        """SAMPLES, NORMS or NOTHING, asked in the collector's backward."""
+    def want(self, tape: ModuleTape) -> tuple[str, float]:
+        """``(SAMPLES, NORMS or NOTHING, scale)``, asked in the collector's backward; per-sample
+        results are for ``scale`` times the loss (opacus: the batch size for a mean loss)."""
         ...
 
     def deliver(self, tape: ModuleTape, results: dict[int, Tensor]) -> None:
         """``results[i]``: per-sample gradients ``(N, *shape)`` (SAMPLES) or squared norms
-        ``(N,)`` (NORMS) of ``tape.params[i]``, for the loss as given (no batch scaling)."""
+        ``(N,)`` (NORMS) of ``tape.params[i]``, for ``scale`` times the loss."""
         ...
 
 
@@ -233,7 +234,8 @@ class ModuleTape:
 
     def finish(self) -> list[Tensor | None]:
         """The collector's backward: hand per-sample results to the sink, return the sums."""
-        want = self.sink.want(self)
+        want, scale = self.sink.want(self)
+        scale = scale or 1.0  # an empty batch: nothing to scale
         sums: list[Tensor | None] = [None] * len(self.params)
         results: dict[int, Tensor] = {}
         for tape, index in self.directions:
@@ -242,7 +244,7 @@ class ModuleTape:
                 for name in _USERS[kind]:
                     if name in index:
                         i = index[name]
-                        sums[i], results[i] = _gradients(name, d_out, x, want)
+                        sums[i], results[i] = _gradients(name, d_out, x, want, scale)
         if want != NOTHING:
             for i, p in enumerate(self.params):
                 if i not in results:  # not reached by this loss: its per-sample gradient is 0
@@ -254,17 +256,21 @@ class ModuleTape:
         return sums
 
 
-def _gradients(name: str, d_out: Tensor, x: Tensor, want: str) -> tuple[Tensor, Tensor]:
-    """``(summed gradient, per-sample result)`` of one parameter from its op's records."""
+def _gradients(
+    name: str, d_out: Tensor, x: Tensor, want: str, scale: float
+) -> tuple[Tensor, Tensor]:
+    """``(summed gradient, per-sample result for scale * loss)`` of one parameter."""
     if name.startswith("bias"):
         per_sample = d_out.sum(0)  # (N, G)
-        result = per_sample.pow(2).sum(1) if want == NORMS else per_sample
-        return per_sample.sum(0), result
-    if want == SAMPLES:
-        per_sample = torch.einsum("kng,kni->ngi", d_out, x)  # (N, G, I)
-        return per_sample.sum(0), per_sample
+        summed = per_sample.sum(0)
+        if want == NORMS:
+            return summed, per_sample.pow(2).sum(1) * scale**2
+        return summed, per_sample * scale
+    if want == SAMPLES:  # the scale on the small factor, not on the (N, G, I) result
+        per_sample = torch.einsum("kng,kni->ngi", d_out * scale, x)  # (N, G, I)
+        return per_sample.sum(0) / scale, per_sample
     summed = d_out.reshape(-1, d_out.size(-1)).t().mm(x.reshape(-1, x.size(-1)))  # (G, I)
-    result = _gram_norm2(d_out, x) if want == NORMS else summed
+    result = _gram_norm2(d_out, x) * scale**2 if want == NORMS else summed
     return summed, result
 
 

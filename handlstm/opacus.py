@@ -82,23 +82,12 @@ class _Sink:
         hooks = self.hooks()
         return isinstance(hooks, GradSampleHooksFastGradientClipping)
 
-    def want(self, tape: _per_sample.ModuleTape) -> str:
-        hooks = self.hooks()
-        if hooks is None or not hooks.hooks_enabled:
-            return _per_sample.NOTHING
-        single = all(
-            p._forward_counter == 1 and not hasattr(p, "_current_grad_sample")  # type: ignore[attr-defined]
-            for p in tape.params
-        )
-        if self._ghost() and hooks.use_ghost_clipping and single:  # type: ignore[union-attr]
-            return _per_sample.NORMS
-        return _per_sample.SAMPLES
-
-    def deliver(self, tape: _per_sample.ModuleTape, results: dict[int, Tensor]) -> None:
+    def want(self, tape: _per_sample.ModuleTape) -> tuple[str, float]:
         hooks: Any = self.hooks()
-        n = self.max_batch_len
+        if hooks is None or not hooks.hooks_enabled:
+            return _per_sample.NOTHING, 1.0
         if hooks.loss_reduction == "mean":
-            scale = float(n)
+            scale = float(self.max_batch_len)
         elif hooks.loss_reduction == "sum":
             scale = 1.0
         else:
@@ -106,15 +95,24 @@ class _Sink:
                 f"loss_reduction = {hooks.loss_reduction}. Only 'sum' and 'mean' losses are "
                 "supported"
             )
-        norms = self.want(tape) == _per_sample.NORMS
+        single = all(
+            p._forward_counter == 1 and not hasattr(p, "_current_grad_sample")  # type: ignore[attr-defined]
+            for p in tape.params
+        )
+        if self._ghost() and hooks.use_ghost_clipping and single:
+            return _per_sample.NORMS, scale
+        return _per_sample.SAMPLES, scale
+
+    def deliver(self, tape: _per_sample.ModuleTape, results: dict[int, Tensor]) -> None:
+        hooks: Any = self.hooks()
+        n = self.max_batch_len
+        norms = self.want(tape)[0] == _per_sample.NORMS
         for i, p in enumerate(tape.params):
             if norms:
-                p._norm_sample = results[i].sqrt() * scale  # type: ignore[attr-defined]
+                p._norm_sample = results[i].sqrt()  # type: ignore[attr-defined]
                 p._forward_counter -= 1  # type: ignore[attr-defined]
                 continue
-            create_or_accumulate_grad_sample(
-                param=p, grad_sample=results[i] * scale, max_batch_len=n
-            )
+            _accumulate(p, results[i], n)
             p._forward_counter -= 1  # type: ignore[attr-defined]
             if p._forward_counter == 0:  # type: ignore[attr-defined]
                 promote_current_grad_sample(p)
@@ -131,6 +129,16 @@ class _Sink:
                     )
         if all(p._forward_counter == 0 for p in tape.params):  # type: ignore[attr-defined]
             self.max_batch_len = 0
+
+
+def _accumulate(p: nn.Parameter, grad_sample: Tensor, max_batch_len: int) -> None:
+    """opacus's ``create_or_accumulate_grad_sample``, without its zero-fill and copy when the
+    fresh ``grad_sample`` already has ``max_batch_len`` rows (it is ours: no one else holds it)."""
+    fresh = p.requires_grad and not hasattr(p, "_current_grad_sample")
+    if fresh and grad_sample.shape[0] == max_batch_len:
+        p._current_grad_sample = grad_sample  # type: ignore[attr-defined]
+        return
+    create_or_accumulate_grad_sample(param=p, grad_sample=grad_sample, max_batch_len=max_batch_len)
 
 
 def _lstm_forward(self: HandLSTM, input: Any, hx: Any = None) -> Any:
