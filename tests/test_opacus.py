@@ -248,11 +248,15 @@ def test_unreached_layer_gets_zero_grad_samples():
     assert model.lstm.weight_ih_l0.grad_sample.abs().max() > 0
 
 
-def test_cell_unrolled_in_a_python_loop():
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"bias": False, "cell_clip": 0.3, "gate_activation": torch.nn.functional.hardsigmoid}],
+)
+def test_cell_unrolled_in_a_python_loop(options):
     class Loop(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.cell = HandLSTMCell(H_IN, H)
+            self.cell = HandLSTMCell(H_IN, H, **options)
 
         def forward(self, x: Tensor) -> Tensor:  # x: (N, L, H_in)
             h = c = x.new_zeros(x.size(0), H)
