@@ -16,6 +16,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 opacus = pytest.importorskip("opacus", reason="opacus is an optional extra: pip install .[opacus]")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),  # opacus's
+    pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning"),
+]
 
 from opacus import GradSampleModule  # noqa: E402
 from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
@@ -234,6 +239,17 @@ def test_empty_batch():
     per_sample_loss(*gsm(x), "all", False).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad_sample.shape == (0, *p.shape), name
+    optimizer = opacus.optimizers.DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=1.0,
+        expected_batch_size=4,
+        loss_reduction="sum",
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()  # opacus's empty-batch path: a zero update without noise
+    for b, p in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), b, **TOL)
 
 
 def test_unreached_layer_gets_zero_grad_samples():
@@ -415,3 +431,19 @@ def test_module_validator_reports_nothing():
 def test_import_handlstm_does_not_import_opacus():
     code = "import sys, handlstm; sys.exit('opacus' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_hooks_without_a_wrapper_module():
+    """opacus's GradSampleHooks (make_private(wrap_model=False)) attaches the same way."""
+    from opacus.grad_sample import GradSampleHooks
+
+    torch.manual_seed(0)
+    model = Net(proj_size=2).to(DT)
+    reference = copy.deepcopy(model)
+    x = make_input(True, None, False).transpose(0, 1)
+    per, _ = oracle(reference, x, "h_n", False, seed=0)
+    hooks = GradSampleHooks(model)
+    per_sample_loss(*model(x), "h_n", False).mean().backward()
+    check_grad_samples(model, per, {})
+    hooks.remove_hooks()
+    assert "forward" not in model.lstm.__dict__
