@@ -447,3 +447,27 @@ def test_hooks_without_a_wrapper_module():
     check_grad_samples(model, per, {})
     hooks.remove_hooks()
     assert "forward" not in model.lstm.__dict__
+
+
+def test_encoder_decoder_through_hx():
+    """Two HandLSTMs, the decoder started from the encoder's (h_n, c_n): gradients flow into
+    the encoder only through hx."""
+
+    class Seq2Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = HandLSTM(H_IN, H, num_layers=2)
+            self.decoder = HandLSTM(H_IN, H, num_layers=2)
+
+        def forward(self, x: Tensor) -> tuple[object, Tensor, Tensor]:
+            _, state = self.encoder(x)
+            out, (h, c) = self.decoder(x.flip(0), state)
+            return out, h, c
+
+    torch.manual_seed(0)
+    model = Seq2Seq().to(DT)
+    reference = copy.deepcopy(model)
+    x = make_input(False, None, False)
+    per, total = oracle(reference, x, "output", False, seed=0)
+    run_hooked(model, x, "output", False, "mean", seed=0)
+    check_grad_samples(model, per, total)
