@@ -4,16 +4,17 @@ nn.LSTM's plain (non-private) training step measured in the same process.
 What one step is (every implementation, same model, same batch): a classifier ``LSTM -> Linear``
 on the last layer's ``h_n`` (the loss goes through ``h_n`` only), cross-entropy, then
 
-* ``nn.LSTM`` (the baseline): ``zero_grad``, forward, ``backward``, ``SGD.step`` (no privacy);
+* ``nn.LSTM`` (the baseline): forward, ``backward``, ``SGD.step``, ``zero_grad`` (no privacy);
 * ``HandLSTM`` / ``DPLSTM`` through ``PrivacyEngine.make_private`` (``grad_sample_mode`` hooks
   or ghost, noise 1.0, max_grad_norm 1.0, no Poisson sampling so the batch is fixed):
-  ``zero_grad``, forward, backward (per-sample gradients or their norms), ``DPOptimizer.step``
-  (clipping, noise, SGD);
+  forward, backward (per-sample gradients or their norms), ``DPOptimizer.step`` (clipping,
+  noise, SGD), ``zero_grad`` (which also drops ``grad_sample``);
 * ``vmap(grad)``: HandLSTM's per-sample gradients with ``torch.func.vmap(grad(...))``, then the
   same clipping and noise by hand, then the SGD update.
 
-Memory (``--memory``): each (implementation, mode) in a fresh subprocess; after a warm-up step the
-peak RSS is reset (``/proc/self/clear_refs``), one step runs, and the reported number is the peak
+Memory (``--memory``): each (implementation, mode) in a fresh subprocess; after a warm-up step
+(which ends with ``zero_grad``, so no gradient or per-sample state is resident) the peak RSS is
+reset (``/proc/self/clear_refs``), one step runs, and the reported number is the peak
 resident set (``VmHWM``) minus the resident set before the step, in MiB (Linux only).
 
 Usage::
@@ -95,9 +96,9 @@ def build(impl: str, cfg: Config):
     if kind == "nn.LSTM":
 
         def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
             criterion(model(x), y).backward()
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # at the end: nothing of a step outlives it
 
         return step
     if kind == "vmap":
@@ -120,9 +121,9 @@ def build(impl: str, cfg: Config):
     loss_fn = prepared[2] if mode == "ghost" else criterion
 
     def dp_step() -> None:
-        dp_optimizer.zero_grad(set_to_none=True)
         loss_fn(module(x), y).backward()
         dp_optimizer.step()
+        dp_optimizer.zero_grad(set_to_none=True)  # also drops grad_sample / _norm_sample
 
     return dp_step
 
@@ -147,6 +148,7 @@ def vmap_step(model: nn.Module, optimizer, criterion, x: Tensor, y: Tensor):
             summed = torch.einsum("n,n...->...", coef, grads[n])
             p.grad = (summed + torch.randn_like(summed)) / x.size(0)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     return step
 
@@ -195,7 +197,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", choices=[c.name for c in CONFIGS])
     parser.add_argument("--impls", nargs="*", choices=IMPLS, default=IMPLS)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="peak memory instead of time")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
