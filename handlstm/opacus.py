@@ -164,6 +164,8 @@ def _adopt(hooks: GradSampleHooks) -> None:
     owned = [m for m in hooks._module.modules() if isinstance(m, MODULES)]
     if not owned:
         return
+    for module in owned:  # refuse before changing anything
+        _per_sample.check_options(module)
     dicts = {id(d) for m in owned for d in (m._forward_hooks, m._backward_hooks)}
     kept = []
     for handle in hooks.autograd_grad_sample_hooks:
@@ -173,7 +175,6 @@ def _adopt(hooks: GradSampleHooks) -> None:
             kept.append(handle)
     hooks.autograd_grad_sample_hooks[:] = kept
     for module in owned:
-        _per_sample.check_options(module)
         module.__dict__[_ATTR] = _Sink(hooks)
         forward = _lstm_forward if isinstance(module, HandLSTM) else _cell_forward
         module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
