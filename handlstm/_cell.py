@@ -36,6 +36,7 @@ class CellVariant(NamedTuple):
     proj_clip: float | None = None
     zoneout_h: float = 0.0  # used as the expectation when no zoneout mask is given (eval)
     zoneout_c: float = 0.0
+    linear: Callable[..., Tensor] = F.linear  # per-sample gradients swap in a recording linear
 
 
 class StepNoise(NamedTuple):
@@ -121,13 +122,13 @@ def lstm_step_gates(
     """One full LSTM step, also returning the gate activations (see :func:`lstm_step`)."""
     v = variant
     h_in = h if noise.h_mask is None else h * noise.h_mask  # (N, H_out)
-    recurrent = F.linear(h_in, weight_hh)  # (N, 4*H_cell)
+    recurrent = v.linear(h_in, weight_hh)  # (N, 4*H_cell)
     if v.ln_hh is not None:
         recurrent = layer_norm(recurrent, v.ln_hh, None)
     gates = gates_x + recurrent  # (N, 4*H_cell)
     h_next, c_next, acts = cell_update(gates, c, v)
     if weight_hr is not None:
-        h_next = F.linear(h_next, weight_hr)  # (N, H_out)
+        h_next = v.linear(h_next, weight_hr)  # (N, H_out)
         if v.proj_clip is not None:
             h_next = h_next.clamp(-v.proj_clip, v.proj_clip)
     h_next = _zoneout(h, h_next, noise.zone_h, v.zoneout_h)

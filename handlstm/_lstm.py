@@ -483,7 +483,8 @@ class HandLSTM(nn.Module):
         c_n: list[Tensor] = []
         layer_input = x
         count = self.num_directions
-        with_variant = records is not None or not self._options_default()
+        tape = self.__dict__.get("_per_sample_tape")  # set by _per_sample for one opacus call
+        with_variant = records is not None or not self._options_default() or tape is not None
         for layer in range(self.num_layers):
             weights = [self._direction_weights(layer, d) for d in range(count)]
             variants: list[ScanVariant | None] = [None] * count
@@ -499,6 +500,10 @@ class HandLSTM(nn.Module):
                     weights[d], variants[d] = self._direction_variant(
                         weights[d], layer, d, layer_input, batch_sizes, records is not None
                     )
+                    if tape is not None:
+                        weights[d], variants[d] = tape.direction(
+                            weights[d], variants[d], batch_sizes
+                        )
             first = layer * count
             out, h, c = run_layer(
                 layer_input,

@@ -15,7 +15,7 @@ Shapes: L sequence, N batch, H_in input size, H_cell hidden size, H_out output s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,7 +63,11 @@ class ScanVariant:
 
 
 def input_gates(
-    x: Tensor, weight_ih: Tensor, bias: Tensor | None, ln_ih: Tensor | None = None
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Tensor | None,
+    ln_ih: Tensor | None = None,
+    linear: Callable[..., Tensor] = F.linear,
 ) -> Tensor:
     """The input's share of the gates for every step at once: one GEMM over the sequence.
 
@@ -72,13 +76,14 @@ def input_gates(
         weight_ih: ``(4*H_cell, H_in)``.
         bias: ``b_ih + b_hh``, ``(4*H_cell,)``, or None.
         ln_ih: with layer norm, the gain of the input norm: ``LN(W_ih x) * ln_ih + bias``.
+        linear: ``F.linear`` or a variant's recording linear (per-sample gradients).
 
     Returns:
         ``(L, N, 4*H_cell)`` or ``(sum(batch_sizes), 4*H_cell)``.
     """
     if ln_ih is not None:
-        return layer_norm(F.linear(x, weight_ih), ln_ih, bias)
-    return F.linear(x, weight_ih, bias)
+        return layer_norm(linear(x, weight_ih), ln_ih, bias)
+    return linear(x, weight_ih, bias)
 
 
 def scan(
@@ -180,7 +185,8 @@ def run_direction(
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
     ln_ih = None if variant is None else variant.ln_ih
-    gates_x = input_gates(x, weights.weight_ih, bias, ln_ih)
+    linear = F.linear if variant is None else variant.cell.linear
+    gates_x = input_gates(x, weights.weight_ih, bias, ln_ih, linear)
     return scan(
         gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant
     )
