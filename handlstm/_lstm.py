@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks, _variants
+from . import _checks, _traced, _variants
 from ._options import LSTMOptions
 from ._scan import DirectionWeights, ScanVariant, run_direction
 
@@ -271,7 +271,11 @@ class HandLSTM(nn.Module):
 
     @overload
     def forward(
-        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 
     @overload
@@ -280,9 +284,31 @@ class HandLSTM(nn.Module):
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
     def forward(
-        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+        self,
+        input: Tensor | PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
-        return self._forward(input, hx, None)
+        """nn.LSTM's forward; with ``lengths``, a padded batch with PackedSequence semantics.
+
+        ``lengths`` (keyword only, beyond nn.LSTM): a ``(N,)`` integer tensor of each sequence's
+        valid steps in a padded, batched ``input``. The result equals nn.LSTM on
+        ``pack_padded_sequence(input, lengths, enforce_sorted=False)`` padded back with
+        ``pad_packed_sequence(..., total_length=L)``: zeros in the output past each length,
+        ``h_n`` and ``c_n`` at each sequence's own last step (the first, in reverse). Unlike a
+        PackedSequence it traces into one graph for any lengths (torch.compile, torch.export,
+        ONNX). See docs/works_with.md.
+        """
+        _traced.check_not_torchscript()
+        if lengths is None:
+            return self._forward(input, hx, None)
+        return self._forward(input, hx, None, _traced.check_lengths(input, lengths))
+
+    def __prepare_scriptable__(self) -> HandLSTM:
+        """``torch.jit.script`` calls this first: refuse with an error that names torch.export."""
+        _traced.refuse_script()
+        return self
 
     def forward_with_states(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -317,6 +343,7 @@ class HandLSTM(nn.Module):
         input: Tensor | PackedSequence,
         hx: tuple[Tensor, Tensor] | None,
         records: list[tuple[Tensor, ScanVariant]] | None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, records)
@@ -327,7 +354,9 @@ class HandLSTM(nn.Module):
             x = x.transpose(0, 1)  # (L, N, H_in)
         h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3)
         _checks.check_sequence_length(x.size(0))
-        output, h_n, c_n = self._run_layers(x, None, h0, c0, records)  # (L, N, D*H_out)
+        if lengths is not None:
+            _traced.check_length_values(lengths, x.size(0), x.size(1))
+        output, h_n, c_n = self._run_layers(x, None, h0, c0, records, lengths)  # (L, N, D*H_out)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -389,6 +418,7 @@ class HandLSTM(nn.Module):
         h0: Tensor,
         c0: Tensor,
         records: list[tuple[Tensor, ScanVariant]] | None = None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Every layer and direction over the time-major (or packed) input.
 
@@ -398,6 +428,7 @@ class HandLSTM(nn.Module):
             h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
             records: if a list, each (layer, direction) appends its output and its recorded
                 :class:`ScanVariant` (per-step cells and gates).
+            lengths: dense input only, ``(N,)`` valid steps per sequence, or None.
 
         Returns:
             ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
@@ -431,6 +462,7 @@ class HandLSTM(nn.Module):
                 weights,
                 reverse=direction == 1,
                 variant=variant,
+                lengths=lengths,
             )
             if records is not None and variant is not None:
                 records.append((out, variant))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _fast
+from . import _fast, _traced
 from ._cell import DEFAULT_VARIANT, NO_NOISE, CellVariant, StepNoise, layer_norm, lstm_step_gates
 
 
@@ -159,6 +159,7 @@ def run_direction(
     weights: DirectionWeights,
     reverse: bool,
     variant: ScanVariant | None = None,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer: the input GEMM for the whole sequence, then the time loop.
 
@@ -169,17 +170,25 @@ def run_direction(
         weights: this layer's and direction's parameters.
         reverse: run from the last step to the first.
         variant: the variant's parameters and masks (see :func:`scan`); None is nn.LSTM.
+        lengths: dense input only: ``(N,)`` valid steps per sequence (PackedSequence
+            semantics over a padded batch), or None.
 
     Returns:
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
-    if _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):  # the one fast/composed choice
+    # The one choice: the traced loop (compile/export, or lengths), the fast path, or composed.
+    traced = batch_sizes is None and _traced.wanted(x.size(0), lengths)
+    if not traced and _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):
         return _fast.run_direction(x, h0, c0, weights, reverse)
     bias = None
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
     ln_ih = None if variant is None else variant.ln_ih
     gates_x = input_gates(x, weights.weight_ih, bias, ln_ih)
+    if traced:
+        return _traced.scan_direction(
+            gates_x, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant, lengths
+        )
     return scan(
         gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant
     )

@@ -1,0 +1,260 @@
+"""The traced loop: one direction over time as a single ``scan``, for compile and export.
+
+The Python time loop of :func:`handlstm._scan.scan` is unrolled by Dynamo, so a compiled or
+exported graph holds one copy of the step per time step and serves one sequence length. Here the
+same step (:func:`handlstm._cell.lstm_step_gates`, the only copy of the gate equations) is the
+combine function of torch's ``scan`` higher-order op, so the graph holds the step once and the
+sequence length stays symbolic: one compile, one exported program for every length.
+
+Per-sequence lengths (a padded batch with PackedSequence semantics) are a mask over the steps:
+a step changes only the rows whose sequence is still running, and writes zeros to the output
+elsewhere. Forward, each row's state stops at its last valid step; in reverse, a row keeps its
+initial state until its sequence starts. That is nn.LSTM's packed semantics, in a dense graph.
+
+Shapes: L sequence, N batch, H_cell hidden size, H_out output size (``proj_size`` or H_cell).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from ._cell import DEFAULT_VARIANT, CellVariant, StepNoise, lstm_step_gates
+
+if TYPE_CHECKING:
+    from ._scan import ScanVariant
+
+TimeLoop = Literal["auto", "scan", "unrolled"]
+_LOOPS = ("auto", "scan", "unrolled")
+
+#: The time loop under torch.compile / torch.export. A plain module global, not a ContextVar:
+#: Dynamo guards on its value (a change recompiles), and a ContextVar read breaks the graph.
+_loop: TimeLoop = "auto"
+
+#: In "auto", a sequence length known at trace time (a plain int, not symbolic) up to this many
+#: steps is unrolled: measured faster to run (benchmarks/compile_bench.py) and its graph serves
+#: that one length only, which a static length asks for anyway.
+UNROLL_MAX_STEPS = 16
+
+
+@contextlib.contextmanager
+def time_loop(loop: TimeLoop) -> Iterator[None]:
+    """Choose how HandLSTM runs its time loop when compiled or exported, within this block.
+
+    Args:
+        loop: ``"auto"`` (the default): a single ``scan`` whenever the sequence length is
+            symbolic (``torch.compile(dynamic=True)``, ``mark_dynamic``, an automatic-dynamic
+            recompile, ``torch.export`` with a ``Dim`` on it) or longer than
+            ``UNROLL_MAX_STEPS``; the unrolled Python loop for short lengths fixed at trace
+            time. ``"scan"``: always the single scan. ``"unrolled"``: always the Python loop
+            (one graph per length, the sequence length cannot be exported as dynamic).
+
+    Eager calls are unaffected (they run the Python loop, or the fast path). The setting is
+    process-wide (a module global, read at trace time), so set it around the compile call and
+    the first calls that trace; a change makes Dynamo recompile.
+
+    Example:
+        >>> import torch
+        >>> from handlstm import HandLSTM
+        >>> from handlstm._traced import time_loop
+        >>> lstm = HandLSTM(3, 4)
+        >>> with time_loop("scan"):
+        ...     program = torch.export.export(lstm, (torch.randn(5, 2, 3),))
+    """
+    global _loop
+    if loop not in _LOOPS:
+        raise ValueError(f"time_loop: expected one of {_LOOPS}, got {loop!r}")
+    previous, _loop = _loop, loop
+    try:
+        yield
+    finally:
+        _loop = previous
+
+
+_TORCHSCRIPT_MESSAGE = (
+    "HandLSTM does not support TorchScript ({how}): its time loop is Python, so a trace would "
+    "serve only the traced sequence length and scripting cannot compile it. Use "
+    "torch.export.export(model, args, dynamic_shapes=...) for one program at every length "
+    "(and torch.onnx.export(..., dynamo=True) for ONNX, torch.compile for speed); see "
+    "docs/works_with.md"
+)
+
+
+def check_not_torchscript() -> None:
+    """Refuse ``torch.jit.trace`` at trace time, naming the way that works (torch.export)."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(_TORCHSCRIPT_MESSAGE.format(how="torch.jit.trace"))
+
+
+def refuse_script() -> None:
+    """Called by ``torch.jit.script`` (through ``__prepare_scriptable__``): refuse it clearly."""
+    raise RuntimeError(_TORCHSCRIPT_MESSAGE.format(how="torch.jit.script"))
+
+
+def check_lengths(input: object, lengths: object) -> Tensor:
+    """Validate ``forward(..., lengths=)``: a ``(N,)`` integer tensor for a padded batch.
+
+    Returns:
+        ``lengths`` as a tensor (a list or tuple of ints is converted).
+
+    Raises:
+        ValueError: packed or unbatched input, a wrong shape, or (eagerly) a length outside
+            ``[0, L]``. TypeError: not integers.
+    """
+    if not isinstance(input, Tensor):
+        raise ValueError(
+            "lengths= is for a padded batch tensor, got a "
+            f"{type(input).__name__} (a PackedSequence carries its own lengths)"
+        )
+    if input.dim() != 3:
+        raise ValueError(
+            f"lengths= needs a batched input of 3 dimensions, got {input.dim()} dimensions"
+        )
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths: expected an integer tensor, got dtype {lengths.dtype}")
+    return lengths
+
+
+def check_length_values(lengths: Tensor, steps: int, batch: int) -> None:
+    """``lengths`` is ``(N,)`` and (eagerly: values are data under tracing) within ``[0, L]``."""
+    if lengths.dim() != 1 or lengths.size(0) != batch:
+        raise ValueError(
+            f"lengths: expected shape ({batch},), one length per sequence, "
+            f"got {tuple(lengths.shape)}"
+        )
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
+        raise ValueError(
+            f"lengths: expected every length in [0, {steps}] (the padded sequence length), "
+            f"got min {int(lengths.min())} and max {int(lengths.max())}"
+        )
+
+
+def wanted(steps: int | torch.SymInt, lengths: Tensor | None) -> bool:
+    """Whether run_direction should take the traced loop for a dense direction of ``steps``."""
+    if lengths is not None:
+        return True  # the only loop that masks by lengths
+    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return False
+    if _loop != "auto":
+        return _loop == "scan"
+    # Symbolic or long: scan. (Under Dynamo isinstance(SymInt, int) is True, and a comparison
+    # would guard on the length; statically_known_true adds no guard.)
+    return not statically_known_true(steps <= UNROLL_MAX_STEPS)
+
+
+def step_mask(lengths: Tensor, steps: int | torch.SymInt, like: Tensor) -> Tensor:
+    """``(L, N, 1)`` in ``like``'s dtype: 1 where step ``t`` is inside sequence ``n``."""
+    t = torch.arange(steps, device=like.device).unsqueeze(1)  # (L, 1)
+    return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(-1).to(like.dtype)
+
+
+def scan_direction(
+    gates_x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weight_hh: Tensor,
+    weight_hr: Tensor | None,
+    reverse: bool,
+    variant: ScanVariant | None = None,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The recurrence over a dense sequence as one scan (or its eager equivalent).
+
+    Args:
+        gates_x: the input's share of the gates, ``(L, N, 4*H_cell)``.
+        h0, c0: initial states ``(N, H_out)``, ``(N, H_cell)``.
+        weight_hh, weight_hr: as :func:`handlstm._scan.scan`.
+        reverse: run from the last step to the first.
+        variant: the variant's parameters and masks (see :class:`handlstm._scan.ScanVariant`);
+            None is nn.LSTM. With ``variant.record``, every step's c and gate activations are
+            appended to ``variant.cells`` and ``variant.gates``.
+        lengths: ``(N,)`` valid steps per sequence, or None when every step is valid.
+
+    Returns:
+        ``(output, h_n, c_n)``: ``(L, N, H_out)`` (zeros at masked steps), ``(N, H_out)``,
+        ``(N, H_cell)``.
+    """
+    cell = _python_floats(DEFAULT_VARIANT if variant is None else variant.cell)
+    record = variant is not None and variant.record
+    h_mask = None if variant is None else variant.h_mask
+    xs: dict[str, Tensor] = {"gates_x": gates_x}
+    if variant is not None and variant.zone_h is not None:
+        xs["zone_h"] = variant.zone_h
+    if variant is not None and variant.zone_c is not None:
+        xs["zone_c"] = variant.zone_c
+    if lengths is not None:
+        xs["mask"] = step_mask(lengths, gates_x.size(0), gates_x)  # (L, N, 1)
+
+    def combine(
+        carry: tuple[Tensor, Tensor], x: dict[str, Tensor]
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, ...]]:
+        h, c = carry
+        noise = StepNoise(h_mask, x.get("zone_h"), x.get("zone_c"))
+        h_next, c_next, acts = lstm_step_gates(
+            x["gates_x"], h, c, weight_hh, weight_hr, cell, noise
+        )
+        out = h_next
+        if "mask" in x:
+            m = x["mask"]  # (N, 1)
+            out = h_next * m  # zeros at padded steps, as pad_packed_sequence
+            h_next = torch.lerp(h, h_next, m)  # m is 0 or 1: exactly h or h_next
+            c_next = torch.lerp(c, c_next, m)
+        ys: tuple[Tensor, ...] = (out.clone(),)  # the scan refuses an output aliasing the carry
+        if record:
+            ys = (*ys, c_next.clone(), torch.cat(acts, -1))
+        return (h_next, c_next), ys
+
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        from torch._higher_order_ops.scan import scan
+
+        (h_n, c_n), ys = scan(combine, (h0, c0), xs, reverse=reverse)
+    else:  # eager (lengths given): the same combine function in a Python loop
+        (h_n, c_n), ys = _python_scan(combine, (h0, c0), xs, reverse)
+    if record and variant is not None:
+        variant.cells.append(ys[1])
+        variant.gates.append(ys[2])
+    return ys[0], h_n, c_n
+
+
+def _python_floats(cell: CellVariant) -> CellVariant:
+    """The variant with its float options as Python floats.
+
+    Under ``dynamic=True`` Dynamo reads them as symbolic floats, and the scan op refuses a
+    symbolic float among the combine function's inputs; these are configuration, not data.
+    ``float()`` keeps a symbolic float symbolic; ``math.fsum`` of one float is that float,
+    exactly, and Dynamo specializes it (a guard on the value, so a change recompiles).
+    """
+
+    def constant(value: float | None) -> float | None:
+        return None if value is None else math.fsum([value])
+
+    return cell._replace(
+        zoneout_h=constant(cell.zoneout_h),
+        zoneout_c=constant(cell.zoneout_c),
+        cell_clip=constant(cell.cell_clip),
+        proj_clip=constant(cell.proj_clip),
+    )
+
+
+def _python_scan(
+    combine: object, init: tuple[Tensor, Tensor], xs: dict[str, Tensor], reverse: bool
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, ...]]:
+    """``scan``'s semantics, run eagerly step by step (the scan op would compile in eager)."""
+    steps = xs["gates_x"].size(0)
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    carry = init
+    outs: list[tuple[Tensor, ...]] = [()] * steps
+    for t in order:
+        carry, outs[t] = combine(carry, {k: v[t] for k, v in xs.items()})  # type: ignore[operator]
+    stacked = tuple(torch.stack(column, 0) for column in zip(*outs, strict=True))
+    return carry, stacked
