@@ -209,10 +209,12 @@ def scan_direction(
             out = h_next * m  # zeros at padded steps, as pad_packed_sequence
             h_next = torch.lerp(h, h_next, m)  # m is 0 or 1: exactly h or h_next
             c_next = torch.lerp(c, c_next, m)
-        ys: tuple[Tensor, ...] = (out.clone(),)  # the scan refuses an output aliasing the carry
+        # The scan op refuses outputs that alias each other, its inputs, or (in training, under
+        # inductor's partitioner) the intermediates it saves for backward: clone each output.
+        ys: tuple[Tensor, ...] = (out.clone(),)
         if record:
             ys = (*ys, c_next.clone(), torch.cat(acts, -1))
-        return (h_next, c_next), ys
+        return (h_next.clone(), c_next.clone()), ys
 
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         from torch._higher_order_ops.scan import scan
