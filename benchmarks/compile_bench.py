@@ -18,6 +18,7 @@ Usage::
     python benchmarks/compile_bench.py                  # inductor: several minutes on 2 cores
     python benchmarks/compile_bench.py --backend aot_eager --quick
     python benchmarks/compile_bench.py --json out.json
+    python benchmarks/compile_bench.py --table          # compile/export/AOTI/ONNX x fixed/any
 
 The machine and torch version are printed with the results.
 """
@@ -145,6 +146,127 @@ def train_ratios(backend: str, rounds: int, min_run_time: float) -> dict[str, An
     }
 
 
+def short_lengths(backend: str, lengths: tuple[int, ...] = (4, 16, 64)) -> list[dict[str, Any]]:
+    """Compiled inference of HandLSTM(32, 64), batch 8, fixed length: the scan against the
+    unrolled loop (time per call, interleaved, median of 5 rounds), and each one's compile time
+    (first call minus a compiled call)."""
+    rows = []
+    torch.manual_seed(0)
+    lstm = HandLSTM(32, 64).eval()
+    for length in lengths:
+        x = torch.randn(length, 8, 32)
+        runs: dict[str, Callable[[], Any]] = {}
+        compile_s = {}
+        for loop in ("scan", "unrolled"):
+            torch._dynamo.reset()
+            with time_loop(loop), torch.no_grad():  # type: ignore[arg-type]
+                compiled = torch.compile(lstm, backend=backend, fullgraph=True)
+                start = time.perf_counter()
+                compiled(x)
+                first = time.perf_counter() - start
+                start = time.perf_counter()
+                compiled(x)
+                compile_s[loop] = first - (time.perf_counter() - start)
+
+            def call(c: Any = compiled) -> Any:
+                with torch.no_grad():
+                    return c(x)
+
+            runs[loop] = call
+        times: dict[str, list[float]] = {loop: [] for loop in runs}
+        for _ in range(5):
+            for loop, fn in runs.items():
+                timer = benchmark.Timer("fn()", globals={"fn": fn})
+                times[loop].append(timer.blocked_autorange(min_run_time=0.2).median)
+        row = {
+            "length": length,
+            "compile_seconds": compile_s,
+            "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        }
+        row["scan_over_unrolled"] = row["ms"]["scan"] / row["ms"]["unrolled"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+TABLE_LENGTHS = (16, 37, 300)  # the first is the traced (fixed) length
+
+
+def _table_cell(kind: str, module: nn.Module, any_length: bool, tmp: Path) -> dict[str, Any]:
+    """Build one transform of ``module`` (eval, HandLSTM(32, 64) or nn.LSTM(32, 64), batch 8)
+    and run it at TABLE_LENGTHS (fixed: only the first); seconds to build, or the error."""
+    from torch.export import Dim
+
+    torch._dynamo.reset()
+    x = torch.randn(TABLE_LENGTHS[0], 8, 32)
+    dims = ({0: Dim("L")},) if any_length else None
+    lengths = TABLE_LENGTHS if any_length else TABLE_LENGTHS[:1]
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            if kind == "compile":  # fullgraph where it exists: HandLSTM (nn.LSTM breaks the graph)
+                counter = torch._dynamo.utils.counters
+                counter.clear()
+                run = torch.compile(
+                    module,
+                    dynamic=True if any_length else None,
+                    fullgraph=isinstance(module, HandLSTM),
+                )
+                run(x)
+            elif kind == "export":
+                run = torch.export.export(module, (x,), dynamic_shapes=dims).module()
+            elif kind == "aoti":
+                program = torch.export.export(module, (x,), dynamic_shapes=dims)
+                path = torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(tmp / f"{kind}{any_length}.pt2")
+                )
+                run = torch._inductor.aoti_load_package(path)
+            else:
+                import onnxruntime as ort
+
+                onnx_program = torch.onnx.export(
+                    module, (x,), dynamo=True, dynamic_shapes=dims, verbose=False
+                )
+                session = ort.InferenceSession(onnx_program.model_proto.SerializeToString())
+                name = session.get_inputs()[0].name
+
+                def run(xx: Tensor) -> Any:
+                    return [torch.from_numpy(a) for a in session.run(None, {name: xx.numpy()})]
+
+            seconds = time.perf_counter() - start
+            worst = 0.0
+            for length in lengths:
+                xx = torch.randn(length, 8, 32)
+                got = run(xx)
+                got = [got[0], *got[1]] if isinstance(got, tuple) else list(got)
+                out, (h, c) = module(xx)
+                for a, b in zip(got, (out, h, c), strict=True):
+                    worst = max(worst, (a - b).abs().max().item())
+        row = {"ok": worst < 1e-4, "seconds": seconds, "max_diff": worst}
+        if kind == "compile":
+            row["graphs"] = counter["stats"]["unique_graphs"]
+        return row
+    except Exception as error:  # noqa: BLE001 - the table records what fails
+        return {"ok": False, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+
+
+def measure_table(kinds: list[str]) -> list[dict[str, Any]]:
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            for any_length in (False, True):
+                for name in ("nn.LSTM", "HandLSTM"):
+                    torch.manual_seed(0)
+                    module = (nn.LSTM if name == "nn.LSTM" else HandLSTM)(32, 64).eval()
+                    cell = _table_cell(kind, module, any_length, Path(tmp))
+                    row = {"transform": kind, "any_length": any_length, "module": name, **cell}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="inductor")
@@ -153,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--table", action="store_true", help="only the transforms table of docs/works_with.md"
+    )
+    parser.add_argument("--kinds", default="compile,export,aoti,onnx", help="with --table")
+    parser.add_argument(
+        "--short", action="store_true", help="only: compiled inference, scan vs unrolled"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = {
@@ -163,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend,
     }
     print(json.dumps(info))
+    if args.short:
+        rows = short_lengths(args.backend)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, "short": rows}, indent=1))
+        return 0
+    if args.table:
+        rows = measure_table(args.kinds.split(","))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, "table": rows}, indent=1))
+        return 0
     lengths = (16, 1024) if args.quick else (16, 64, 1024)
     compile_rows = []
     for loop in ("scan", "unrolled"):

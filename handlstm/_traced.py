@@ -140,16 +140,36 @@ def check_length_values(lengths: Tensor, steps: int, batch: int) -> None:
 
 
 def wanted(steps: int | torch.SymInt, lengths: Tensor | None) -> bool:
-    """Whether run_direction should take the traced loop for a dense direction of ``steps``."""
-    if lengths is not None:
-        return True  # the only loop that masks by lengths
+    """Whether run_direction takes this module's loop for a dense direction of ``steps``."""
+    return lengths is not None or use_scan_op(steps)  # lengths: the only loop that masks
+
+
+def use_scan_op(steps: int | torch.SymInt) -> bool:
+    """Whether the time loop is torch's scan op (else a Python loop, unrolled when traced)."""
     if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
-        return False
+        return False  # eager: the scan op would compile itself at every call
     if _loop != "auto":
         return _loop == "scan"
+    if not _scan_lowerable():
+        return False
     # Symbolic or long: scan. (Under Dynamo isinstance(SymInt, int) is True, and a comparison
     # would guard on the length; statically_known_true adds no guard.)
     return not statically_known_true(steps <= UNROLL_MAX_STEPS)
+
+
+@torch.compiler.assume_constant_result
+def _scan_lowerable() -> bool:
+    """Whether this trace may hold the scan: Dynamo evaluates this once, at trace time.
+
+    Inductor lowers scan to a while loop that reads its step counter as a scalar, which torch
+    2.13 allows only when the trace captures scalar outputs: ``fullgraph=True``, torch.export,
+    or ``torch._dynamo.config.capture_scalar_outputs = True``. Elsewhere (a plain
+    ``torch.compile(model)``) "auto" keeps the unrolled loop rather than fail in inductor.
+    """
+    context = torch._guards.TracingContext.try_get()
+    fake_mode = None if context is None else context.fake_mode
+    shape_env = None if fake_mode is None else fake_mode.shape_env
+    return shape_env is None or bool(shape_env.allow_scalar_outputs)
 
 
 def step_mask(lengths: Tensor, steps: int | torch.SymInt, like: Tensor) -> Tensor:
@@ -216,11 +236,11 @@ def scan_direction(
             ys = (*ys, c_next.clone(), torch.cat(acts, -1))
         return (h_next.clone(), c_next.clone()), ys
 
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if use_scan_op(gates_x.size(0)):
         from torch._higher_order_ops.scan import scan
 
         (h_n, c_n), ys = scan(combine, (h0, c0), xs, reverse=reverse)
-    else:  # eager (lengths given): the same combine function in a Python loop
+    else:  # eager, or unrolled by choice: the same combine function in a Python loop
         (h_n, c_n), ys = _python_scan(combine, (h0, c0), xs, reverse)
     if record and variant is not None:
         variant.cells.append(ys[1])

@@ -36,6 +36,14 @@ SEEN = (5, 3)  # (L, N) at export time
 UNSEEN = [(1, 3), (2, 1), (37, 4), (100, 2)]
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> None:
+    """The scan op traces its body with Dynamo, and Dynamo's cache outlives an export: an
+    earlier export with a static batch of 3 makes a later one with a dynamic batch fail
+    ("specialized it to be a constant (3)"). Reset between tests (docs/works_with.md)."""
+    torch._dynamo.reset()
+
+
 class WithHx(nn.Module):
     """``lstm(x, (h0, c0))`` with the state as two positional inputs (dynamic_shapes per input)."""
 
