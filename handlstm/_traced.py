@@ -215,6 +215,8 @@ def scan_direction(
     if lengths is not None:
         xs["mask"] = step_mask(lengths, gates_x.size(0), gates_x)  # (L, N, 1)
 
+    batch = h0.size(0)  # N
+
     def combine(
         carry: tuple[Tensor, Tensor], x: dict[str, Tensor]
     ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, ...]]:
@@ -231,6 +233,10 @@ def scan_direction(
             c_next = torch.lerp(c, c_next, m)
         # The scan op refuses outputs that alias each other, its inputs, or (in training, under
         # inductor's partitioner) the intermediates it saves for backward: clone each output.
+        # A no-op that names the batch size inside the body, so that torch.export lifts it as
+        # a scan input: inductor (AOTInductor) sizes the stacked outputs from the scan's inputs
+        # and otherwise fails with "KeyError: s.." when batch and length are both dynamic.
+        out = out.reshape(batch, out.size(-1))
         ys: tuple[Tensor, ...] = (out.clone(),)
         if record:
             ys = (*ys, c_next.clone(), torch.cat(acts, -1))
