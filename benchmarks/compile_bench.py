@@ -13,6 +13,9 @@ What is measured (one process, CPU, float32, ``torch.set_num_threads(2)`` unless
   round (median over rounds), and to nn.LSTM;
 * ``graphs``: Dynamo frames compiled for five lengths with ``dynamic=True`` (scan).
 
+Inductor's caches are disabled unless ``--cache`` (the scan's graph is the same at every length,
+so a second compile would be a cache hit), and one small compile runs first (start-up costs).
+
 Usage::
 
     python benchmarks/compile_bench.py                  # inductor: several minutes on 2 cores
@@ -267,6 +270,13 @@ def measure_table(kinds: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def warm_up(backend: str) -> None:
+    """One small compile first, so that no measured compile pays the backend's start-up."""
+    torch._dynamo.reset()
+    torch.compile(lambda t: torch.tanh(t) * 2, backend=backend)(torch.randn(3, requires_grad=True))
+    torch._dynamo.reset()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="inductor")
@@ -282,8 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--short", action="store_true", help="only: compiled inference, scan vs unrolled"
     )
+    parser.add_argument(
+        "--cache", action="store_true", help="keep inductor's caches (default: disabled)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.cache:  # else a graph compiled before (same scan at every L) is a cache hit
+        torch._inductor.config.force_disable_caches = True
+    warm_up(args.backend)
     info = {
         "cpu": cpu_model(),
         "torch": torch.__version__,
