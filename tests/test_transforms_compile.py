@@ -165,7 +165,7 @@ FIVE_LENGTHS = (5, 9, 2, 33, 17)
     [
         (CONFIGS[0][1], "dynamic"),
         (CONFIGS[0][1], "mark_dynamic"),
-        (CONFIGS[1][1], "dynamic"),
+        pytest.param(CONFIGS[1][1], "dynamic", marks=pytest.mark.slow),
         pytest.param(CONFIGS[1][1], "mark_dynamic", marks=pytest.mark.slow),
     ],
     ids=["default-dynamic", "default-mark_dynamic", f"{IDS[1]}-dynamic", f"{IDS[1]}-mark_dynamic"],
