@@ -93,14 +93,20 @@ def compile_seconds(
         return seconds[0] - seconds[1]
 
 
-def graphs_for_lengths(backend: str, lengths: tuple[int, ...] = (5, 17, 64, 3, 200)) -> int:
+def graphs_for_lengths(
+    backend: str, lengths: tuple[int, ...] = (5, 17, 64, 3, 200)
+) -> dict[str, int]:
+    """Dynamo graphs (``unique_graphs``) after the first length and after all five, training."""
     torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    counter = torch._dynamo.utils.counters
+    counter.clear()
     lstm = HandLSTM(8, 16)
-    compiled = torch.compile(lstm, backend=counter, fullgraph=True, dynamic=True)
+    compiled = torch.compile(lstm, backend=backend, fullgraph=True, dynamic=True)
+    seen = []
     for length in lengths:
         compiled(torch.randn(length, 4, 8))[0].sum().backward()
-    return counter.frame_count
+        seen.append(counter["stats"]["unique_graphs"])
+    return {"after_first": seen[0], "after_five": seen[-1]}
 
 
 def train_ratios(backend: str, rounds: int, min_run_time: float) -> dict[str, Any]:
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     result["compile_ratio_scan_1024_over_16"] = scan[1024] / scan[16]
     print(f"compile time scan L=1024 / L=16: {result['compile_ratio_scan_1024_over_16']:.2f}")
     result["graphs_for_5_lengths"] = graphs_for_lengths(args.backend)
-    print(f"dynamic=True, 5 lengths: {result['graphs_for_5_lengths']} compiled frame(s)")
+    print(f"dynamic=True, Dynamo graphs after 1 and 5 lengths: {result['graphs_for_5_lengths']}")
     if not args.skip_train:
         rounds = args.rounds or (3 if args.quick else 5)
         train = train_ratios(args.backend, rounds, 0.1 if args.quick else 0.3)
