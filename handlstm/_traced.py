@@ -174,7 +174,7 @@ def _scan_lowerable() -> bool:
 
 def step_mask(lengths: Tensor, steps: int | torch.SymInt, like: Tensor) -> Tensor:
     """``(L, N, 1)`` in ``like``'s dtype: 1 where step ``t`` is inside sequence ``n``."""
-    t = torch.arange(steps, device=like.device).unsqueeze(1)  # (L, 1)
+    t = torch.arange(steps, device=like.device).unsqueeze(1)  # type: ignore[arg-type]  # (L, 1)
     return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(-1).to(like.dtype)
 
 
@@ -267,8 +267,8 @@ def _python_floats(cell: CellVariant) -> CellVariant:
         return None if value is None else math.fsum([value])
 
     return cell._replace(
-        zoneout_h=constant(cell.zoneout_h),
-        zoneout_c=constant(cell.zoneout_c),
+        zoneout_h=math.fsum([cell.zoneout_h]),
+        zoneout_c=math.fsum([cell.zoneout_c]),
         cell_clip=constant(cell.cell_clip),
         proj_clip=constant(cell.proj_clip),
     )
