@@ -38,9 +38,10 @@ _LOOPS = ("auto", "scan", "unrolled")
 _loop: TimeLoop = "auto"
 
 #: In "auto", a sequence length known at trace time (a plain int, not symbolic) up to this many
-#: steps is unrolled: measured faster to run (benchmarks/compile_bench.py) and its graph serves
-#: that one length only, which a static length asks for anyway.
-UNROLL_MAX_STEPS = 16
+#: steps is unrolled: measured faster to compile there and as fast to run (inductor, CPU:
+#: ``python benchmarks/compile_bench.py --short``; docs/works_with.md), and the graph of a static
+#: length serves that one length anyway. Longer static lengths compile faster as a scan.
+UNROLL_MAX_STEPS = 8
 
 
 @contextlib.contextmanager
