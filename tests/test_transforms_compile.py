@@ -262,7 +262,7 @@ def test_compile_variants_with_random_masks_any_length(how: str) -> None:
     options = dict(RANDOM_VARIANTS)
     if how == "dynamic":
         del options["layer_norm"]
-    lstm = HandLSTM(3, 4, num_layers=2, dtype=DT, **options)
+    lstm = HandLSTM(3, 4, dtype=DT, **options)
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(
         lstm, backend=counter, fullgraph=True, dynamic=True if how == "dynamic" else None
