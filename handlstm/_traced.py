@@ -52,9 +52,11 @@ def time_loop(loop: TimeLoop) -> Iterator[None]:
         loop: ``"auto"`` (the default): a single ``scan`` whenever the sequence length is
             symbolic (``torch.compile(dynamic=True)``, ``mark_dynamic``, an automatic-dynamic
             recompile, ``torch.export`` with a ``Dim`` on it) or longer than
-            ``UNROLL_MAX_STEPS``; the unrolled Python loop for short lengths fixed at trace
-            time. ``"scan"``: always the single scan. ``"unrolled"``: always the Python loop
-            (one graph per length, the sequence length cannot be exported as dynamic).
+            ``UNROLL_MAX_STEPS``, where the trace can hold it (``fullgraph=True``,
+            torch.export, or ``capture_scalar_outputs``); the unrolled Python loop otherwise,
+            e.g. for short lengths fixed at trace time. ``"scan"``: always the single scan.
+            ``"unrolled"``: always the Python loop (one graph per length, the sequence length
+            cannot be exported as dynamic).
 
     Eager calls are unaffected (they run the Python loop, or the fast path). The setting is
     process-wide (a module global, read at trace time), so set it around the compile call and
