@@ -109,7 +109,12 @@ def graphs_for_lengths(
     return {"after_first": seen[0], "after_five": seen[-1]}
 
 
-def train_ratios(backend: str, rounds: int, min_run_time: float) -> dict[str, Any]:
+def train_ratios(
+    backend: str,
+    rounds: int,
+    min_run_time: float,
+    loops: tuple[str, ...] = ("auto", "scan", "unrolled"),
+) -> dict[str, Any]:
     size = MEDIUM
     torch.manual_seed(0)
     ref = nn.LSTM(size["input"], size["hidden"])
@@ -122,13 +127,16 @@ def train_ratios(backend: str, rounds: int, min_run_time: float) -> dict[str, An
         "HandLSTM eager": train_step(eager, x, grad),
     }
     compile_s: dict[str, float] = {}
-    for loop in ("scan", "unrolled"):
+    for loop in loops:  # auto: the opaque op (compiled training)
         torch._dynamo.reset()
         module = HandLSTM(size["input"], size["hidden"])
         module.load_state_dict(ref.state_dict())
         with time_loop(loop):  # type: ignore[arg-type]
             compiled = torch.compile(
-                module, backend=backend, fullgraph=True, dynamic=True if loop == "scan" else None
+                module,
+                backend=backend,
+                fullgraph=True,
+                dynamic=True if loop != "unrolled" else None,
             )
             step = train_step(compiled, x, grad)
             start = time.perf_counter()
@@ -290,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--loops", default="auto,scan,unrolled", help="with --train-only")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--table", action="store_true", help="only the transforms table of docs/works_with.md"
@@ -323,6 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure_table(args.kinds.split(","))
         if args.json:
             args.json.write_text(json.dumps({"machine": info, "table": rows}, indent=1))
+        return 0
+    if args.train_only:
+        loops = tuple(args.loops.split(","))
+        train = train_ratios(args.backend, args.rounds or 3, 0.1 if args.quick else 0.3, loops)
+        for name, ms in train["ms"].items():
+            ratio = train["ratio_to_eager_handlstm"][name]
+            print(f"train {name:<28} {ms:8.2f} ms  x{ratio:.2f} of eager HandLSTM")
+        print("compile seconds of the medium training step:", train["compile_seconds"])
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, "train": train}, indent=1))
         return 0
     lengths = (16, 1024) if args.quick else (16, 64, 1024)
     compile_rows = []

@@ -177,6 +177,8 @@ def run_direction(
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
     # The one choice: the traced loop (compile/export, or lengths), the fast path, or composed.
+    if batch_sizes is None and _traced.use_opaque_op(x, variant, lengths):  # compiled training
+        return _traced.opaque_direction(x, h0, c0, weights, reverse)
     traced = batch_sizes is None and _traced.wanted(x.size(0), lengths)
     if not traced and _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):
         return _fast.run_direction(x, h0, c0, weights, reverse)

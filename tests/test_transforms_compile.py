@@ -185,7 +185,8 @@ def test_one_graph_for_five_lengths(config: dict[str, Any], how: str) -> None:
         x, hx = example_inputs(model, length)
         if how == "mark_dynamic":
             torch._dynamo.mark_dynamic(x, time_dim)
-        torch.testing.assert_close(compiled(x, hx), oracle(x, hx), **TOL)
+        with torch.no_grad():  # inference: the scan (training: the opaque op, tested below)
+            torch.testing.assert_close(compiled(x, hx), oracle(x, hx), **TOL)
     assert counter.frame_count == 1
 
 
@@ -202,21 +203,46 @@ def test_default_compile_recompiles_once_then_serves_every_length() -> None:
     assert counter.frame_count == 2
 
 
-def test_compiled_training_any_length_gradients_equal_nn_lstm() -> None:
-    """aot_eager (AOTAutograd's forward and backward graphs of the scan), dynamic=True: one
-    compile, and at each length outputs and every gradient equal nn.LSTM's."""
+@pytest.mark.parametrize("loop", ["auto", "scan"], ids=["opaque_op", "scan"])
+def test_compiled_training_any_length_gradients_equal_nn_lstm(loop: str) -> None:
+    """aot_eager (AOTAutograd's forward and backward graphs), dynamic=True: one compile, and at
+    each length outputs and every gradient equal nn.LSTM's. "auto" trains through the opaque op
+    (the eager direction), "scan" through the scan's autograd."""
     model = make_model({})
     oracle = Model(nn.LSTM)
     oracle.load_state_dict(model.state_dict())
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
     counter = torch._dynamo.utils.counters
     counter.clear()
-    for length in (5, 11):  # not 4: dynamic=True duck-sizes a length equal to H (4) with it
-        x, hx = example_inputs(model, length)
-        torch.testing.assert_close(
-            outputs_and_grads(compiled, x, hx), outputs_and_grads(oracle, x, hx), **TOL
-        )
+    with time_loop(loop):  # type: ignore[arg-type]
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+        for length in (5, 11):  # not 4: dynamic=True duck-sizes a length equal to H (4) with it
+            x, hx = example_inputs(model, length)
+            torch.testing.assert_close(
+                outputs_and_grads(compiled, x, hx), outputs_and_grads(oracle, x, hx), **TOL
+            )
     assert counter["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_training_graph_holds_one_opaque_op_per_direction() -> None:
+    """With gradients, a compiled default direction is one handlstm::direction node (the eager
+    direction, fast path included, at any length); without gradients it is a scan."""
+    model = make_model({"num_layers": 2, "bidirectional": True})
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+    x = example_inputs(model, 6)[0]
+    compiled(x)
+    with torch.no_grad():
+        compiled(x)
+    targets = [[str(n.target) for n in gm.graph.nodes if n.op == "call_function"] for gm in graphs]
+    assert sum("handlstm.direction" in t for t in targets[0]) == 4
+    assert not any("scan" in t for t in targets[0])
+    assert sum("scan" in t for t in targets[1]) == 4
+    assert not any("handlstm" in t for t in targets[1])
 
 
 def test_compile_lengths_one_graph_equals_nn_lstm_packed() -> None:
