@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -321,7 +321,7 @@ def _dynamo_tracing() -> bool:
 _EXCLUDED_AT_IMPORT = torch._C._dispatch_tls_local_exclude_set()
 
 
-def _with_autograd() -> object:
+def _with_autograd() -> Any:
     """Dispatch with the keys excluded at import (autograd on) inside a custom op's kernel."""
     include = torch._C._dispatch_tls_local_include_set()
     return torch._C._ForceDispatchKeyGuard(include, _EXCLUDED_AT_IMPORT)
@@ -329,7 +329,7 @@ def _with_autograd() -> object:
 
 def _weights(
     w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None
-) -> object:
+) -> Any:
     from ._scan import DirectionWeights
 
     return DirectionWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -393,7 +393,9 @@ def _direction_backward_op(
     present = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
     leaves = [t.detach().requires_grad_() for t in present]
     it = iter(leaves)
-    args = [None if t is None else next(it) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
+    args: list[Any] = [
+        None if t is None else next(it) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    ]
     # A custom op runs below autograd (its dispatch keys excluded): restore them to record the
     # recomputation (the fast path's autograd.Function records regardless; the composed path not).
     with torch.enable_grad(), _with_autograd():
