@@ -309,6 +309,8 @@ def use_opaque_op(x: Tensor, variant: object, lengths: Tensor | None) -> bool:
         return False
     if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
+    if torch.is_autocast_enabled(x.device.type):  # a custom op's kernel runs without autocast
+        return False
     return torch.is_grad_enabled() and _dynamo_tracing()
 
 
