@@ -1,19 +1,21 @@
-"""torch.compile a model that contains HandLSTM, with fullgraph=True, and handle varying lengths.
+"""torch.compile and torch.export of a model that contains HandLSTM, at any sequence length.
 
 nn.LSTM cannot be captured (``fullgraph=True`` raises "Dynamo does not support RNN, GRU, or
-LSTM"); HandLSTM compiles into one graph. The time loop is unrolled in that graph, so every new
-sequence length is a new compile (``dynamic=True`` does not help). Two cheap ways out, both here:
+LSTM"); HandLSTM compiles into one graph. When the sequence length is symbolic
+(``dynamic=True``, ``torch._dynamo.mark_dynamic(x, 0)``, the automatic-dynamic recompile after a
+second length, or ``torch.export`` with a ``Dim`` on it) each direction's time loop is one
+``scan`` (handlstm/_traced.py): one graph and one exported program serve every length. Shown here:
 
-* bucketing: pad each batch at the end to one of a few lengths, compile once per bucket, and mask
-  the loss by the true lengths (exact for a unidirectional LSTM: padding at the end cannot change
-  earlier steps);
-* a compiled step: compile the LSTM for L=1 and loop over time in Python, carrying ``(h, c)``;
-  one graph serves every length, exact for any unidirectional stack (layers, proj_size).
+* any length, one graph: ``mark_dynamic`` on the time dimension, five lengths, one compile;
+* any length, one exported program, with per-sequence lengths (``forward(x, lengths=)``: a
+  padded batch with PackedSequence semantics), run at lengths it never saw;
+* fixed shapes: one graph (short fixed lengths are unrolled, see docs/works_with.md);
+* bucketing and a compiled step: the older ways around per-length compiles, still exact.
 
 Run: ``python examples/compiled_model.py [backend]``. The default, "aot_eager" (Dynamo capture
-plus AOTAutograd's forward and backward graphs, run eagerly), takes well under a minute on CPU.
-``python examples/compiled_model.py inductor`` generates C++ kernels: it gives the same results,
-but compiling the unrolled loops (fwd+bwd, 5 graphs) takes minutes on a 2-core box.
+plus AOTAutograd's forward and backward graphs, run eagerly), takes about a minute on CPU.
+``python examples/compiled_model.py inductor`` generates C++ kernels: same results, minutes on a
+2-core box.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ class Model(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (L, N, features) -> (L, N)
         out, _ = self.lstm(torch.relu(self.encoder(x)))
         return self.head(out).squeeze(-1)
+
+
+class PaddedLSTM(nn.Module):
+    """``lstm(x, lengths=lengths)`` as a module with two tensor inputs, for torch.export."""
+
+    def __init__(self, lstm: HandLSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        return self.lstm(x, lengths=lengths)
 
 
 def pad_to_bucket(x: Tensor, buckets: tuple[int, ...]) -> Tensor:
@@ -82,6 +95,38 @@ def main(
     grad_diff = max((a - b).abs().max().item() for a, b in zip(grads, eager_grads, strict=True))
     output_diff = (y - y_eager).abs().max().item()
 
+    # 1b. Any length, one graph: the time dimension marked dynamic.
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    dynamic_diff = 0.0
+    with torch.no_grad():
+        for x in batches:
+            torch._dynamo.mark_dynamic(x, 0)
+            dynamic_diff = max(dynamic_diff, (compiled(x) - model(x)).abs().max().item())
+    dynamic_graphs = counter.frame_count
+
+    # 1c. One exported program for every length, with per-sequence lengths.
+    lstm = model.lstm.eval()
+    padded = torch.randn(max(lengths), len(lengths), 8)
+    program = torch.export.export(
+        PaddedLSTM(lstm),
+        (padded, torch.tensor(lengths)),
+        dynamic_shapes=(
+            {0: torch.export.Dim("L"), 1: torch.export.Dim("N")},
+            {0: torch.export.Dim("N")},
+        ),
+    )
+    export_diff = 0.0
+    with torch.no_grad():
+        new_lengths = [length + 3 for length in lengths[:-1]]  # never seen: other L, other N
+        padded = torch.randn(max(new_lengths), len(new_lengths), 8)
+        _, (h_n, _) = program.module()(padded, torch.tensor(new_lengths))
+        for n, length in enumerate(new_lengths):  # each sequence's own last state
+            _, (alone, _) = lstm(padded[:length, n : n + 1])
+            export_diff = max(export_diff, (h_n[:, n : n + 1] - alone).abs().max().item())
+    lstm.train()
+
     # 2. Bucketing: one graph per bucket used; outputs at the valid steps are exact.
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
@@ -105,6 +150,10 @@ def main(
             y = model.head(run_by_steps(step, hidden, (zeros, zeros))).squeeze(-1)
             step_diff = max(step_diff, (y - model(x)).abs().max().item())
     return {
+        "dynamic_lengths": float(len(lengths)),
+        "dynamic_graphs": float(dynamic_graphs),
+        "dynamic_max_diff": dynamic_diff,
+        "export_lengths_max_diff": export_diff,
         "first_compile_seconds": compile_s,
         "output_max_diff": output_diff,
         "grad_max_diff": grad_diff,

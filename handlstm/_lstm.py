@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks, _variants
+from . import _checks, _traced, _variants
 from ._options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
 from ._scan import DirectionWeights, ScanVariant, run_layer
 
@@ -317,7 +317,11 @@ class HandLSTM(nn.Module):
 
     @overload
     def forward(
-        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 
     @overload
@@ -326,7 +330,11 @@ class HandLSTM(nn.Module):
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
     def forward(
-        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+        self,
+        input: Tensor | PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         """Run every layer and direction over ``input``, as ``nn.LSTM.forward`` does.
 
@@ -340,6 +348,13 @@ class HandLSTM(nn.Module):
             hx: ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
                 ``(D*num_layers, N, H_cell)`` (without the N axis for unbatched input; for
                 packed input in the original, unsorted batch order). Zeros when None.
+            lengths: keyword only, beyond nn.LSTM: a ``(N,)`` integer tensor of each
+                sequence's valid steps in a padded, batched ``input``. The result equals
+                nn.LSTM on ``pack_padded_sequence(input, lengths, enforce_sorted=False)``
+                padded back with ``pad_packed_sequence(..., total_length=L)``: zeros in the
+                output past each length, ``h_n`` and ``c_n`` at each sequence's own last step
+                (the first, in reverse). Unlike a PackedSequence it traces into one graph for
+                any lengths (torch.compile, torch.export, ONNX).
 
         Returns:
             ``(output, (h_n, c_n))``: ``output`` is the last layer's h at every step,
@@ -358,7 +373,15 @@ class HandLSTM(nn.Module):
             >>> output.shape, h_n.shape                             # (N, L, H_out), (1, N, H_out)
             (torch.Size([2, 5, 3]), torch.Size([1, 2, 3]))
         """
-        return self._forward(input, hx, None)
+        _traced.check_not_torchscript()
+        if lengths is None:
+            return self._forward(input, hx, None)
+        return self._forward(input, hx, None, _traced.check_lengths(input, lengths))
+
+    def __prepare_scriptable__(self) -> HandLSTM:
+        """``torch.jit.script`` calls this first: refuse with an error that names torch.export."""
+        _traced.refuse_script()
+        return self
 
     def forward_with_states(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -393,6 +416,7 @@ class HandLSTM(nn.Module):
         input: Tensor | PackedSequence,
         hx: tuple[Tensor, Tensor] | None,
         records: list[tuple[Tensor, ScanVariant]] | None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, records)
@@ -403,7 +427,9 @@ class HandLSTM(nn.Module):
             x = x.transpose(0, 1)  # (L, N, H_in)
         h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3)
         _checks.check_sequence_length(x.size(0))
-        output, h_n, c_n = self._run_layers(x, None, h0, c0, records)  # (L, N, D*H_out)
+        if lengths is not None:
+            _traced.check_length_values(lengths, x.size(0), x.size(1))
+        output, h_n, c_n = self._run_layers(x, None, h0, c0, records, lengths)  # (L, N, D*H_out)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -465,6 +491,7 @@ class HandLSTM(nn.Module):
         h0: Tensor,
         c0: Tensor,
         records: list[tuple[Tensor, ScanVariant]] | None = None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Every layer and direction over the time-major (or packed) input.
 
@@ -474,6 +501,7 @@ class HandLSTM(nn.Module):
             h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
             records: if a list, each (layer, direction) appends its output and its recorded
                 :class:`ScanVariant` (per-step cells and gates).
+            lengths: dense input only, ``(N,)`` valid steps per sequence, or None.
 
         Returns:
             ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
@@ -512,6 +540,7 @@ class HandLSTM(nn.Module):
                 c0[first : first + count],
                 weights,
                 variants,
+                lengths,
             )
             if records is not None:
                 for part, variant in zip(out.chunk(count, -1), variants, strict=True):

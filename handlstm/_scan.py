@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _fast
+from . import _fast, _traced
 from ._cell import DEFAULT_VARIANT, NO_NOISE, CellVariant, StepNoise, layer_norm, lstm_step_gates
 
 
@@ -164,6 +164,7 @@ def run_direction(
     weights: DirectionWeights,
     reverse: bool,
     variant: ScanVariant | None = None,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer: the input GEMM for the whole sequence, then the time loop.
 
@@ -174,11 +175,17 @@ def run_direction(
         weights: this layer's and direction's parameters.
         reverse: run from the last step to the first.
         variant: the variant's parameters and masks (see :func:`scan`); None is nn.LSTM.
+        lengths: dense input only: ``(N,)`` valid steps per sequence (PackedSequence
+            semantics over a padded batch), or None.
 
     Returns:
         ``(output, h_n, c_n)`` as :func:`scan`.
     """
-    if _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):  # the one fast/composed choice
+    # The one choice: the traced loop (compile/export, or lengths), the fast path, or composed.
+    if batch_sizes is None and _traced.use_opaque_op(x, variant, lengths):  # compiled training
+        return _traced.opaque_direction(x, h0, c0, weights, reverse)
+    traced = batch_sizes is None and _traced.wanted(x.size(0), lengths)
+    if not traced and _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):
         mask = None if variant is None else variant.h_mask
         return _fast.run_direction(x, h0, c0, weights, reverse, batch_sizes, mask)
     bias = None
@@ -187,6 +194,10 @@ def run_direction(
     ln_ih = None if variant is None else variant.ln_ih
     linear = F.linear if variant is None else variant.cell.linear
     gates_x = input_gates(x, weights.weight_ih, bias, ln_ih, linear)
+    if traced:
+        return _traced.scan_direction(
+            gates_x, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant, lengths
+        )
     return scan(
         gates_x, batch_sizes, h0, c0, weights.weight_hh, weights.weight_hr, reverse, variant
     )
@@ -199,6 +210,7 @@ def run_layer(
     c0: Tensor,
     weights: Sequence[DirectionWeights],
     variants: Sequence[ScanVariant | None],
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Every direction of one layer: direction 0 forward, direction 1 (if any) reversed.
 
@@ -211,19 +223,28 @@ def run_layer(
         batch_sizes: None for dense input, else the packed batch size of each step.
         h0, c0: initial states ``(D, N, H_out)`` and ``(D, N, H_cell)``.
         weights, variants: per direction, as for :func:`run_direction`.
+        lengths: dense input only: ``(N,)`` valid steps per sequence, or None (see
+            :func:`run_direction`; such a layer runs each direction on its own).
 
     Returns:
         ``(output, h_n, c_n)``: the directions' outputs concatenated on the last axis
         (``D*H_out`` features, in ``x``'s layout), and states ``(D, N, H_out)``, ``(D, N, H_cell)``.
     """
     flat = [t for direction in weights for t in direction]
-    if _fast.can_serve(x, batch_sizes, h0, c0, flat, list(variants)):
+    if lengths is None and _fast.can_serve(x, batch_sizes, h0, c0, flat, list(variants)):
         masks = [None if v is None else v.h_mask for v in variants]
         return _fast.run_layer(x, batch_sizes, h0, c0, weights, masks=masks)
     outputs, h_n, c_n = [], [], []
     for direction, (direction_weights, variant) in enumerate(zip(weights, variants, strict=True)):
         out, h, c = run_direction(
-            x, batch_sizes, h0[direction], c0[direction], direction_weights, direction == 1, variant
+            x,
+            batch_sizes,
+            h0[direction],
+            c0[direction],
+            direction_weights,
+            direction == 1,
+            variant,
+            lengths,
         )
         outputs.append(out)
         h_n.append(h)

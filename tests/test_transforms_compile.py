@@ -20,6 +20,7 @@ import torch._dynamo.testing
 from torch import Tensor, nn
 
 from handlstm import HandLSTM, HandLSTMCell
+from handlstm._traced import time_loop
 
 DT = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -144,14 +145,208 @@ def test_compile_cell_fullgraph_matches_nn_lstm_cell() -> None:
 @pytest.mark.parametrize(
     "dynamic", [None, pytest.param(True, marks=pytest.mark.slow)], ids=["default", "dynamic"]
 )
-def test_each_new_length_recompiles_measured(dynamic: bool | None) -> None:
-    """The time loop is unrolled in the graph: each new L is a new graph, even with dynamic=True."""
+def test_unrolled_loop_recompiles_per_length_measured(dynamic: bool | None) -> None:
+    """time_loop("unrolled"): the loop is unrolled in the graph, so each new L is a new graph,
+    even with dynamic=True (the behaviour before the traced loop, kept on request)."""
     model = make_model({})
     counter = torch._dynamo.testing.CompileCounter()
-    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=dynamic)
-    for length in (2, 3, 2, 3):
-        compiled(example_inputs(model, length)[0])
+    with time_loop("unrolled"):
+        compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=dynamic)
+        for length in (2, 3, 2, 3):
+            compiled(example_inputs(model, length)[0])
     assert counter.frame_count == 2
+
+
+FIVE_LENGTHS = (5, 9, 2, 33, 17)
+
+
+@pytest.mark.parametrize(
+    ("config", "how"),
+    [
+        (CONFIGS[0][1], "dynamic"),
+        (CONFIGS[0][1], "mark_dynamic"),
+        pytest.param(CONFIGS[1][1], "dynamic", marks=pytest.mark.slow),
+        pytest.param(CONFIGS[1][1], "mark_dynamic", marks=pytest.mark.slow),
+    ],
+    ids=["default-dynamic", "default-mark_dynamic", f"{IDS[1]}-dynamic", f"{IDS[1]}-mark_dynamic"],
+)
+def test_one_graph_for_five_lengths(config: dict[str, Any], how: str) -> None:
+    """dynamic=True, or mark_dynamic on the time dimension: the traced loop keeps L symbolic,
+    so one Dynamo graph serves five lengths, each equal to nn.LSTM (hx given)."""
+    model = make_model(config).eval()
+    oracle = Model(nn.LSTM, **config).eval()
+    oracle.load_state_dict(model.state_dict())
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(
+        model, backend=counter, fullgraph=True, dynamic=True if how == "dynamic" else None
+    )
+    time_dim = 1 if model.lstm.batch_first else 0
+    for length in FIVE_LENGTHS:
+        x, hx = example_inputs(model, length)
+        if how == "mark_dynamic":
+            torch._dynamo.mark_dynamic(x, time_dim)
+        with torch.no_grad():  # inference: the scan (training: the opaque op, tested below)
+            torch.testing.assert_close(compiled(x, hx), oracle(x, hx), **TOL)
+    assert counter.frame_count == 1
+
+
+def test_default_compile_recompiles_once_then_serves_every_length() -> None:
+    """Plain torch.compile: the first length compiles static (short: unrolled), the second
+    recompiles with L symbolic (automatic dynamic: the traced loop), and no length after that
+    compiles again."""
+    model = make_model({}).eval()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for length in (3, 4, *FIVE_LENGTHS):
+        x = example_inputs(model, length)[0]
+        torch.testing.assert_close(compiled(x), model(x), **TOL)
+    assert counter.frame_count == 2
+
+
+@pytest.mark.parametrize("loop", ["auto", "scan"], ids=["opaque_op", "scan"])
+def test_compiled_training_any_length_gradients_equal_nn_lstm(loop: str) -> None:
+    """aot_eager (AOTAutograd's forward and backward graphs), dynamic=True: one compile, and at
+    each length outputs and every gradient equal nn.LSTM's. "auto" trains through the opaque op
+    (the eager direction), "scan" through the scan's autograd."""
+    model = make_model({})
+    oracle = Model(nn.LSTM)
+    oracle.load_state_dict(model.state_dict())
+    counter = torch._dynamo.utils.counters
+    counter.clear()
+    with time_loop(loop):  # type: ignore[arg-type]
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+        for length in (5, 11):  # not 4: dynamic=True duck-sizes a length equal to H (4) with it
+            x, hx = example_inputs(model, length)
+            torch.testing.assert_close(
+                outputs_and_grads(compiled, x, hx), outputs_and_grads(oracle, x, hx), **TOL
+            )
+    assert counter["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_training_graph_holds_one_opaque_op_per_direction() -> None:
+    """With gradients, a compiled default direction is one handlstm::direction node (the eager
+    direction, fast path included, at any length); without gradients it is a scan."""
+    model = make_model({"num_layers": 2, "bidirectional": True})
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+    x = example_inputs(model, 6)[0]
+    compiled(x)
+    with torch.no_grad():
+        compiled(x)
+    targets = [[str(n.target) for n in gm.graph.nodes if n.op == "call_function"] for gm in graphs]
+    assert sum("handlstm.direction" in t for t in targets[0]) == 4
+    assert not any("scan" in t for t in targets[0])
+    assert sum("scan" in t for t in targets[1]) == 4
+    assert not any("handlstm" in t for t in targets[1])
+
+
+def test_compile_lengths_one_graph_equals_nn_lstm_packed() -> None:
+    """forward(x, lengths=) under compile: one graph for new lengths and new padded sizes,
+    each sequence's output and final state equal nn.LSTM on the packed batch."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, bidirectional=True, dtype=DT)
+    lstm = HandLSTM(3, 4, bidirectional=True, dtype=DT)
+    lstm.load_state_dict(ref.state_dict())
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(lstm, backend=counter, fullgraph=True, dynamic=True)
+    # first call: L, N and the feature sizes all different (dynamic=True duck-sizes equal ones)
+    for lengths in ([5, 2, 7, 1, 7], [9, 9], [1, 6, 2, 6, 5, 6]):
+        x = torch.randn(max(lengths), len(lengths), 3, dtype=DT)
+        out, (h, c) = compiled(x, lengths=torch.tensor(lengths))
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        expected, (eh, ec) = ref(packed)
+        expected, _ = nn.utils.rnn.pad_packed_sequence(expected, total_length=max(lengths))
+        torch.testing.assert_close((out, h, c), (expected, eh, ec), **TOL)
+    assert counter.frame_count == 1
+
+
+RANDOM_VARIANTS = {
+    "input_dropout": 0.3,
+    "recurrent_dropout": 0.2,
+    "weight_drop": 0.25,
+    "zoneout_h": 0.2,
+    "zoneout_c": 0.15,
+    "layer_norm": True,
+    "peepholes": True,
+}
+
+
+@pytest.mark.parametrize("how", ["mark_dynamic", pytest.param("dynamic", marks=pytest.mark.slow)])
+def test_compile_variants_with_random_masks_any_length(how: str) -> None:
+    """Every variant option, in training (random masks drawn per call), through the traced
+    loop: with the same seed the compiled module draws the same masks as the eager one and
+    gives the same outputs and gradients, at two lengths with one graph.
+
+    dynamic=True leaves layer_norm out: it makes the layer norm's eps (a module-level float) a
+    symbolic float, which torch 2.13's scan refuses inside its body (docs/works_with.md)."""
+    torch.manual_seed(0)
+    options = dict(RANDOM_VARIANTS)
+    if how == "dynamic":
+        del options["layer_norm"]
+    lstm = HandLSTM(3, 4, dtype=DT, **options)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(
+        lstm, backend=counter, fullgraph=True, dynamic=True if how == "dynamic" else None
+    )
+
+    def run(module: nn.Module, x: Tensor, seed: int) -> list[Tensor]:
+        torch.manual_seed(seed)
+        out, (h, c) = module(x)
+        loss = out.square().sum() + h.sum() + c.sum()
+        return [out, h, c, *torch.autograd.grad(loss, list(lstm.parameters()))]
+
+    for length, seed in ((6, 1), (19, 2)):
+        x = torch.randn(length, 2, 3, dtype=DT)
+        if how == "mark_dynamic":
+            torch._dynamo.mark_dynamic(x, 0)
+        got, expected = run(compiled, x, seed), run(lstm, x, seed)
+        torch.testing.assert_close(got, expected, **TOL)
+        assert not torch.equal(got[0], run(lstm, x, seed + 10)[0])  # the masks matter
+    assert counter.frame_count == 1
+
+
+def test_scan_graph_size_does_not_grow_with_length() -> None:
+    """Why compile time does not grow with L: the traced graph holds the step once. Exported
+    with fixed shapes at L=16 and L=1024, the programs have the same nodes; unrolled, the graph
+    grows with L (the compile times are measured in benchmarks/compile_bench.py)."""
+    model = make_model({}).eval()
+
+    def nodes(length: int) -> int:
+        program = torch.export.export(model, (example_inputs(model, length)[0],))
+        return len(program.graph.nodes)
+
+    with time_loop("scan"):
+        assert nodes(16) == nodes(1024)
+    with time_loop("unrolled"):
+        assert nodes(8) > nodes(4)
+
+
+# -- TorchScript: refused at trace/script time, pointing at torch.export --------------------------
+
+
+def test_torchscript_trace_and_script_refused_with_torch_export_hint() -> None:
+    model = make_model({})
+    x, _ = example_inputs(model)
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.trace.*torch\.export\.export"):
+        torch.jit.trace(model, (x,))
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.script.*torch\.export\.export"):
+        torch.jit.script(model)
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.script.*torch\.export\.export"):
+        torch.jit.script(HandLSTM(3, 4))
+
+
+def test_nn_lstm_torchscript_trace_any_length_measured() -> None:
+    """What HandLSTM does not match: nn.LSTM's trace (one aten::lstm op) runs any length."""
+    model = Model(nn.LSTM).eval()
+    traced = torch.jit.trace(model, (example_inputs(model, 3)[0],))
+    x = example_inputs(model, 7)[0]
+    torch.testing.assert_close(traced(x), model(x), **TOL)
+    torch.jit.script(nn.LSTM(3, 4))
 
 
 def test_new_batch_size_recompiles_at_most_once() -> None:
@@ -244,6 +439,29 @@ def test_compile_inductor_matches_eager() -> None:
         return [out, h, c, *grads]
 
     torch.testing.assert_close(run(compiled), run(eager), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor on CPU needs a C++ compiler")
+def test_compile_inductor_dynamic_one_graph_five_lengths() -> None:
+    """Inductor, dynamic=True: the scan compiles once and serves five lengths, outputs and every
+    gradient equal to nn.LSTM's (float32)."""
+    torch.manual_seed(0)
+    model = Model(num_layers=2, bidirectional=True).float()
+    oracle = Model(nn.LSTM, num_layers=2, bidirectional=True).float()
+    oracle.load_state_dict(model.state_dict())
+    counter = torch._dynamo.utils.counters
+    counter.clear()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for length in FIVE_LENGTHS:
+        x = torch.randn(length, 2, 2)
+        torch.testing.assert_close(
+            outputs_and_grads(compiled, x, None),
+            outputs_and_grads(oracle, x, None),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    assert counter["stats"]["unique_graphs"] == 1
 
 
 # -- torch.export ---------------------------------------------------------------------------------
