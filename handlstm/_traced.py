@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ._cell import DEFAULT_VARIANT, CellVariant, StepNoise, lstm_step_gates
 
@@ -157,10 +156,20 @@ def use_scan_op(steps: int | torch.SymInt) -> bool:
         return False
     # Symbolic or long: scan. (Under Dynamo isinstance(SymInt, int) is True, and a comparison
     # would guard on the length; statically_known_true adds no guard.)
+    # Imported here: symbolic_shapes imports sympy, which eager users never need (0.4 s).
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
     return not statically_known_true(steps <= UNROLL_MAX_STEPS)
 
 
-@torch.compiler.assume_constant_result
+def constant_at_trace_time(fn: Any) -> Any:
+    """``torch.compiler.assume_constant_result(fn)`` without importing torch._dynamo (and sympy,
+    0.4 s) when handlstm is imported: in torch 2.13 that decorator only sets this marker, which
+    tests/test_export_lengths.py checks against the decorator itself."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def _scan_lowerable() -> bool:
     """Whether this trace may hold the scan: Dynamo evaluates this once, at trace time.
 
@@ -173,6 +182,9 @@ def _scan_lowerable() -> bool:
     fake_mode = None if context is None else context.fake_mode
     shape_env = None if fake_mode is None else fake_mode.shape_env
     return shape_env is None or bool(shape_env.allow_scalar_outputs)
+
+
+_scan_lowerable = constant_at_trace_time(_scan_lowerable)
 
 
 def step_mask(lengths: Tensor, steps: int | torch.SymInt, like: Tensor) -> Tensor:
@@ -314,7 +326,7 @@ def use_opaque_op(x: Tensor, variant: object, lengths: Tensor | None) -> bool:
     return torch.is_grad_enabled() and _dynamo_tracing()
 
 
-@torch.compiler.assume_constant_result
+@constant_at_trace_time
 def _dynamo_tracing() -> bool:
     """True inside a Dynamo trace (evaluated once, at trace time); False when merely called."""
     return torch._guards.TracingContext.try_get() is not None

@@ -164,3 +164,32 @@ def test_lengths_bad_input(make_input: Any, lengths: Any, error: type, match: st
         lstm(x, lengths=torch.tensor(lengths))
     if before is not None:
         torch.testing.assert_close(x, before, rtol=0, atol=0)
+
+
+def test_constant_at_trace_time_marks_as_torch_decorator_does() -> None:
+    # handlstm._traced marks its trace-time constants without importing torch._dynamo at import
+    # (it imports sympy); this pins that marker to what torch's own decorator sets.
+    from handlstm._traced import constant_at_trace_time
+
+    def theirs() -> bool:
+        return True
+
+    def ours() -> bool:
+        return True
+
+    torch.compiler.assume_constant_result(theirs)
+    constant_at_trace_time(ours)
+    assert vars(theirs) == vars(ours) == {"_dynamo_marked_constant": True}
+
+
+def test_import_handlstm_imports_neither_dynamo_nor_sympy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, handlstm\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
