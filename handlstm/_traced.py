@@ -64,7 +64,7 @@ def time_loop(loop: TimeLoop) -> Iterator[None]:
     Example:
         >>> import torch
         >>> from handlstm import HandLSTM
-        >>> from handlstm._traced import time_loop
+        >>> from handlstm import time_loop
         >>> lstm = HandLSTM(3, 4)
         >>> with time_loop("scan"):
         ...     program = torch.export.export(lstm, (torch.randn(5, 2, 3),))

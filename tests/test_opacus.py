@@ -471,3 +471,16 @@ def test_encoder_decoder_through_hx():
     per, total = oracle(reference, x, "output", False, seed=0)
     run_hooked(model, x, "output", False, "mean", seed=0)
     check_grad_samples(model, per, total)
+
+
+def test_opacus_imported_first_registers_on_import_handlstm() -> None:
+    # The usual order in DP scripts: opacus first, then handlstm: no extra import needed.
+    code = (
+        "import sys, opacus, handlstm\n"
+        "from opacus.grad_sample import GradSampleModule\n"
+        "print('handlstm.opacus' in sys.modules,\n"
+        "      handlstm.HandLSTM in GradSampleModule.GRAD_SAMPLERS)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
