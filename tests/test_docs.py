@@ -14,6 +14,8 @@ Markers (HTML comments, invisible on GitHub and in the built docs), on the lines
     ``<!-- test-setup ... -->``      hidden Python run first, in the same namespace (for a
                                      block that uses a user's own model or class).
     ``<!-- test-slow -->``           a command block that takes long: compared in the slow run.
+    ``<!-- test-needs: opacus -->``  run only where these modules import (an optional extra);
+                                     elsewhere the block is skipped, as the extra's tests are.
 
 Fixtures (the ``FIXTURES`` table below)
     Names a file's blocks use without defining (``model``, ``MyLSTM``), per file. A fixture's
@@ -35,6 +37,7 @@ Output comparison (the normalisation rule)
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import subprocess
@@ -50,7 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<info>[\w+-]*)[^\n]*$")
-MARKER = re.compile(r"<!--\s*(?P<kind>skip-test|test-setup|test-slow)\b(?P<body>.*?)-->", re.S)
+MARKER = re.compile(
+    r"<!--\s*(?P<kind>skip-test|test-setup|test-slow|test-needs)\b(?P<body>.*?)-->", re.S
+)
 
 
 @dataclass
@@ -112,6 +117,11 @@ def blocks(path: Path) -> list[Block]:
                 block.skip = reason
             elif kind == "test-setup":
                 block.setup.append(textwrap.dedent(text.lstrip(":\n")))
+            elif kind == "test-needs":
+                names = text.lstrip(":").split()
+                missing = [m for m in names if importlib.util.find_spec(m) is None]
+                if missing:
+                    block.skip = f"needs {', '.join(missing)} (an optional extra)"
             else:
                 block.slow = True
         block.slow = block.slow or (document_name(path), block.first_line) in SLOW
@@ -507,3 +517,14 @@ def test_matches_ellipsis_and_layout() -> None:
         "x 2.00e+00 -- pass".replace("--", "-----")
     )
     assert normalise("72 checks") != normalise("71 checks")
+
+
+def test_test_needs_skips_only_where_a_module_is_missing(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "<!-- test-needs: os -->\n```python\nx = 1\n```\n\n"
+        "<!-- test-needs: os no_such_module_handlstm -->\n```python\nraise RuntimeError\n```\n"
+    )
+    found = blocks(doc)
+    assert found[0].skip is None
+    assert found[1].skip == "needs no_such_module_handlstm (an optional extra)"
