@@ -17,7 +17,10 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
+try:  # numpy is optional: torch runs without it, and so does handlstm
+    import numpy as np
+except ImportError:
+    np = None
 import pytest
 import torch
 from hypothesis import given
@@ -490,12 +493,27 @@ class _Index:
 #: Sizes as real code passes them (numpy scalars, ``torch.prod(torch.tensor(shape))``), and the
 #: number types whose acceptance differs between nn.LSTM (isinstance checks, float(), range())
 #: and nn.LSTMCell (no checks: torch.empty decides).
+NO_NUMPY = pytest.mark.skip(reason="numpy is not installed (torch and handlstm run without it)")
+
+
+def with_numpy(make: Any, id: str) -> Any:
+    """A parameter ``make(numpy)``, or one skipped with the reason where numpy is absent."""
+    if np is None:
+        return pytest.param(None, marks=NO_NUMPY, id=id)
+    return pytest.param(make(np), id=id)
+
+
+def numpy_scalar(kind: str, value: Any) -> Any:
+    """``numpy.<kind>(value)`` as a parameter (skipped where numpy is absent)."""
+    return with_numpy(lambda numpy: getattr(numpy, kind)(value), f"np.{kind}({value!r})")
+
+
 NUMERIC_ARGUMENTS: list[Any] = [
-    np.int64(3),
-    np.int32(2),
-    np.int64(0),
-    np.float64(2.0),
-    np.bool_(True),
+    numpy_scalar("int64", 3),
+    numpy_scalar("int32", 2),
+    numpy_scalar("int64", 0),
+    numpy_scalar("float64", 2.0),
+    numpy_scalar("bool_", True),
     torch.tensor(3),
     torch.tensor(0),
     torch.tensor(-1),
@@ -612,7 +630,7 @@ def test_cell_constructor_numeric_types_like_torch(name, value):
     "sizes",
     [
         (torch.tensor(3), 4),  # speechbrain: torch.prod(torch.tensor(shape))
-        (np.int64(3), np.int64(4)),
+        with_numpy(lambda numpy: (numpy.int64(3), numpy.int64(4)), "(np.int64(3), np.int64(4))"),
         (3, torch.tensor([4])),
     ],
     ids=repr,
@@ -637,7 +655,11 @@ def test_cell_built_from_tensor_or_numpy_sizes_computes_like_torch(sizes):
 
 @pytest.mark.parametrize(
     "config",
-    [dict(num_layers=np.int64(2)), dict(num_layers=torch.tensor(2)), dict(proj_size=np.int64(2))],
+    [
+        with_numpy(lambda numpy: dict(num_layers=numpy.int64(2)), "num_layers=np.int64(2)"),
+        dict(num_layers=torch.tensor(2)),
+        with_numpy(lambda numpy: dict(proj_size=numpy.int64(2)), "proj_size=np.int64(2)"),
+    ],
     ids=repr,
 )
 def test_lstm_built_from_numpy_or_tensor_sizes_computes_like_torch(config):
