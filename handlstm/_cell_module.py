@@ -174,15 +174,7 @@ class HandLSTMCell(nn.Module):
             >>> h.shape
             torch.Size([2, 3])
         """
-        h0, c0 = _checks.check_cell_forward(
-            input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype, self.weight_ih
-        )
-        batched = input.dim() == 2
-        x = input if batched else input.unsqueeze(0)  # (N, H_in)
-        if h0 is None or c0 is None:
-            h0 = c0 = x.new_zeros(x.size(0), self.hidden_size)  # (N, H)
-        elif not batched:
-            h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+        x, h0, c0, batched = self._batched_inputs(input, hx)
         bias = None
         if self.bias_ih is not None and self.bias_hh is not None:
             bias = self.bias_ih + self.bias_hh  # (4*H,)
@@ -194,6 +186,20 @@ class HandLSTMCell(nn.Module):
         if not batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1
+
+    def _batched_inputs(self, input: Tensor, hx: Any) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """Check ``input`` and ``hx`` as nn.LSTMCell does; ``(x, h_0, c_0, batched)`` with a batch
+        axis, ``(N, H_in)``, ``(N, H)``, ``(N, H)`` (zeros when ``hx`` is None)."""
+        h0, c0 = _checks.check_cell_forward(
+            input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype, self.weight_ih
+        )
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)  # (N, H_in)
+        if h0 is None or c0 is None:
+            h0 = c0 = x.new_zeros(x.size(0), self.hidden_size)  # (N, H)
+        elif not batched:
+            h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+        return x, h0, c0, batched
 
     def _variant_step(
         self, x: Tensor, h0: Tensor, c0: Tensor, bias: Tensor | None

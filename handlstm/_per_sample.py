@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks, _variants
+from . import _variants
 from ._cell import lstm_step
 from ._scan import DirectionWeights, ScanVariant, input_gates
 
@@ -321,15 +321,7 @@ def cell_forward(
     """HandLSTMCell.forward with its two linear ops on a tape."""
     check_options(module)
     m: Any = module
-    h0, c0 = _checks.check_cell_forward(
-        input, hx, m.input_size, m.hidden_size, m.weight_ih.dtype, m.weight_ih
-    )
-    batched = input.dim() == 2
-    x = input if batched else input.unsqueeze(0)  # (N, H_in)
-    if h0 is None or c0 is None:
-        h0 = c0 = x.new_zeros(x.size(0), m.hidden_size)  # (N, H)
-    elif not batched:
-        h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+    x, h0, c0, batched = m._batched_inputs(input, hx)  # (N, H_in), (N, H) x 2
     tape = ModuleTape(trainable(module), x.size(0), None, sink)
     weights = DirectionWeights(m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh, None)
     variant = ScanVariant(cell=_variants.cell_variant(m.options, lambda kind: None))
