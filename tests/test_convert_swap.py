@@ -15,26 +15,14 @@ except ImportError:
     np = None
 import pytest
 import torch
+from test_no_fused_ops import OpRecorder  # the one op recorder (tests/ is on pytest's path)
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from handlstm import HandLSTM, HandLSTMCell, swap_lstms
 
 F64 = torch.float64
 TOL = dict(rtol=1e-12, atol=1e-12)
-
-
-class OpRecorder(TorchDispatchMode):
-    """Every aten op dispatched (as tests/test_no_fused_ops.py records them)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def fused(ops):
