@@ -36,6 +36,7 @@ class CellVariant(NamedTuple):
     proj_clip: float | None = None
     zoneout_h: float = 0.0  # used as the expectation when no zoneout mask is given (eval)
     zoneout_c: float = 0.0
+    ln_eps: float = LAYER_NORM_EPS  # the layer norms' epsilon (a field: see _traced._python_floats)
     linear: Callable[..., Tensor] = F.linear  # per-sample gradients swap in a recording linear
 
 
@@ -55,9 +56,11 @@ DEFAULT_VARIANT = CellVariant()
 NO_NOISE = StepNoise()
 
 
-def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+def layer_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = LAYER_NORM_EPS
+) -> Tensor:
     """Normalise the last dimension to zero mean and unit variance, then ``* weight + bias``."""
-    return F.layer_norm(x, x.shape[-1:], weight, bias, LAYER_NORM_EPS)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
 def _zoneout(previous: Tensor, new: Tensor, mask: Tensor | None, p: float) -> Tensor:
@@ -99,7 +102,7 @@ def cell_update(
     outgate = v.gate_activation(outgate)
     c_out = c_next
     if v.ln_c_weight is not None:
-        c_out = layer_norm(c_next, v.ln_c_weight, v.ln_c_bias)
+        c_out = layer_norm(c_next, v.ln_c_weight, v.ln_c_bias, v.ln_eps)
     h = outgate * v.cell_activation(c_out)  # (N, H_cell)
     return h, c_next, (ingate, forgetgate, cellgate, outgate)
 
@@ -124,7 +127,7 @@ def lstm_step_gates(
     h_in = h if noise.h_mask is None else h * noise.h_mask  # (N, H_out)
     recurrent = v.linear(h_in, weight_hh)  # (N, 4*H_cell)
     if v.ln_hh is not None:
-        recurrent = layer_norm(recurrent, v.ln_hh, None)
+        recurrent = layer_norm(recurrent, v.ln_hh, None, v.ln_eps)
     gates = gates_x + recurrent  # (N, 4*H_cell)
     h_next, c_next, acts = cell_update(gates, c, v)
     if weight_hr is not None:

@@ -284,6 +284,7 @@ def _python_floats(cell: CellVariant) -> CellVariant:
     return cell._replace(
         zoneout_h=math.fsum([cell.zoneout_h]),
         zoneout_c=math.fsum([cell.zoneout_c]),
+        ln_eps=math.fsum([cell.ln_eps]),
         cell_clip=constant(cell.cell_clip),
         proj_clip=constant(cell.proj_clip),
     )

@@ -280,15 +280,9 @@ RANDOM_VARIANTS = {
 def test_compile_variants_with_random_masks_any_length(how: str) -> None:
     """Every variant option, in training (random masks drawn per call), through the traced
     loop: with the same seed the compiled module draws the same masks as the eager one and
-    gives the same outputs and gradients, at two lengths with one graph.
-
-    dynamic=True leaves layer_norm out: it makes the layer norm's eps (a module-level float) a
-    symbolic float, which torch 2.13's scan refuses inside its body (docs/works_with.md)."""
+    gives the same outputs and gradients, at two lengths with one graph."""
     torch.manual_seed(0)
-    options = dict(RANDOM_VARIANTS)
-    if how == "dynamic":
-        del options["layer_norm"]
-    lstm = HandLSTM(3, 4, dtype=DT, **options)
+    lstm = HandLSTM(3, 4, dtype=DT, **RANDOM_VARIANTS)
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(
         lstm, backend=counter, fullgraph=True, dynamic=True if how == "dynamic" else None
@@ -307,6 +301,25 @@ def test_compile_variants_with_random_masks_any_length(how: str) -> None:
         got, expected = run(compiled, x, seed), run(lstm, x, seed)
         torch.testing.assert_close(got, expected, **TOL)
         assert not torch.equal(got[0], run(lstm, x, seed + 10)[0])  # the masks matter
+    assert counter.frame_count == 1
+
+
+def test_compile_dynamic_layer_norm_one_graph() -> None:
+    """dynamic=True with layer_norm: the norms' eps stays a Python float inside the scan body
+    (torch 2.13's scan refuses a symbolic float there, and Dynamo makes a module-level float
+    symbolic under dynamic=True), so one graph serves every length, equal to eager."""
+    torch.manual_seed(0)
+    lstm = HandLSTM(3, 4, num_layers=2, layer_norm=True, dtype=DT)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(lstm, backend=counter, fullgraph=True, dynamic=True)
+    for length in (9, 13, 21):
+        x = torch.randn(length, 2, 3, dtype=DT, requires_grad=True)
+        out, (h, c) = compiled(x)
+        expected, (eh, ec) = lstm(x)
+        torch.testing.assert_close((out, h, c), (expected, eh, ec), **TOL)
+        got = torch.autograd.grad(out.sum() + c.sum(), [x, *lstm.parameters()])
+        want = torch.autograd.grad(expected.sum() + ec.sum(), [x, *lstm.parameters()])
+        torch.testing.assert_close(got, want, **TOL)
     assert counter.frame_count == 1
 
 
