@@ -333,16 +333,7 @@ def run_command(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Comp
     head, bar, rest = command.partition(" | ")
     if bar and SIMPLE_HANDLSTM.fullmatch(head):  # `handlstm ... | python -c ...`: feed it
         first = run_command(head, cwd, env)
-        return subprocess.run(
-            ["bash", "-c", rest],
-            input=first.stdout,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=600,
-        )
+        return in_bash(rest, cwd, env, first.stdout)
     if SIMPLE_HANDLSTM.fullmatch(command):
         import contextlib
         import io
@@ -363,8 +354,16 @@ def run_command(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Comp
             else:
                 os.environ["COLUMNS"] = columns
         return subprocess.CompletedProcess(command, status, out.getvalue())
+    return in_bash(command, cwd, env)
+
+
+def in_bash(
+    command: str, cwd: Path, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """``bash -c command`` with stdout and stderr captured together."""
     return subprocess.run(
         ["bash", "-c", command],
+        input=stdin,
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
