@@ -395,6 +395,24 @@ def test_ghost_gram_and_long_record_branches_agree(monkeypatch):
     torch.testing.assert_close(_per_sample._gram_norm2(d_out, x), expected, **TOL)
 
 
+def test_ghost_gram_norms_of_tiny_and_decaying_gradients():
+    """Gate gradients shrink geometrically back in time; whole samples can be tiny. The Gram
+    path rescales each sample by a power of two (exact) and drops entries below eps**2 of the
+    sample's largest: the norms still equal the materialised ones (relative 1e-12)."""
+    from handlstm import _per_sample
+
+    torch.manual_seed(0)
+    k, n = 12, 3
+    decay = torch.logspace(-190, 0, k, dtype=DT).view(k, 1, 1)  # step 0: 1e-190
+    d_out = torch.randn(k, n, 8, dtype=DT) * decay
+    d_out[:, 1] *= 1e-120  # a whole sample near the bottom of float64's range
+    x = torch.randn(k, n, 5, dtype=DT)
+    x[:, 2] *= 1e-100
+    expected = torch.einsum("kng,kni->ngi", d_out, x).flatten(1).pow(2).sum(1)
+    got = _per_sample._gram_norm2(d_out, x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
+
+
 def test_ghost_cell_loop_falls_back_to_fast_gradient_clipping():
     cell = HandLSTMCell(H_IN, H).to(DT)
     reference = copy.deepcopy(cell)
