@@ -5,16 +5,20 @@ record and what to do with the results.
 
 How it works, for one forward call of a module:
 
-* a :class:`_Collect` node hands the module's trainable parameters to the forward as identity
-  views; autograd runs its backward only after every use of every parameter has been
-  differentiated, so it is the one place that sees the whole backward pass of this call;
+* the whole call is one autograd node (:class:`BlockRun`): its forward runs the composed path on
+  detached copies of the inputs and parameters with grad enabled (an inner graph), its backward
+  differentiates that inner graph once with every incoming gradient (output, h_n, c_n, any
+  subset, packed or not), so it is the one place that sees the whole backward of this call;
 * every linear op of the composed path (the sequence-wide input GEMM, each step's recurrent and
   projection GEMM) goes through a :class:`_Tap`: ``F.linear`` forward, and a backward that records
   the gradient of its output next to the (detached) input it saw, and skips the weight gradient;
-* in the collector's backward each weight's per-sample gradient is one batched contraction over
+* after the inner backward each weight's per-sample gradient is one batched contraction over
   time, ``einsum("kng,kni->ngi", d_out, x)`` (biases: the sum over time of ``d_gates``), its sum
   over the batch is the ordinary gradient, and ghost norms come from per-sample Gram matrices:
-  ``||sum_k g_k x_k^T||^2 = sum_{k,j} (g_k . g_j)(x_k . x_j)``.
+  ``||sum_k g_k x_k^T||^2 = sum_{k,j} (g_k . g_j)(x_k . x_j)``;
+* a second backward through the same forward (ghost clipping's clipped pass) whose incoming
+  gradient is a per-sample multiple of the first one's is replayed from the first pass's
+  records (:meth:`BlockRun.backward`): one GEMM per weight, no second pass through time.
 
 Shapes: N batch, K records (time steps) of one op, G output features, I input features.
 """
@@ -35,7 +39,7 @@ from . import _variants
 from ._cell import lstm_step
 from ._scan import DirectionWeights, ScanVariant, input_gates
 
-#: What the collector's backward is asked for: per-sample gradients, their squared norms, or
+#: What the module's backward is asked for: per-sample gradients, their squared norms, or
 #: only the ordinary summed gradient (hooks disabled, e.g. ghost clipping's second backward).
 SAMPLES, NORMS, NOTHING = "samples", "norms", "nothing"
 
@@ -90,7 +94,7 @@ class _Slot:
 
 class _Tap(torch.autograd.Function):
     """``F.linear`` whose backward records the output gradient and leaves the weight's (and
-    bias's) gradient to the collector."""
+    bias's) gradient to the tape's owner (:meth:`ModuleTape.finish`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -437,7 +441,7 @@ class ModuleTape:
     """Everything one forward call of one module records, and its gradients in backward.
 
     Args:
-        params: the module's trainable parameters (the collector's inputs, in this order).
+        params: the module's trainable parameters (the node's last inputs, in this order).
         batch: N, the number of samples.
         unsorted: a PackedSequence's ``unsorted_indices`` (per-sample results are returned in
             the caller's order), or None.

@@ -19,7 +19,14 @@ and each module computes its per-sample gradients inside its own backward
 
 * ``"hooks"`` and ``"functorch"``: ``p.grad_sample`` exactly (functorch's vmap is not needed);
 * ``"ghost"``: ``p._norm_sample`` from per-sample Gram matrices, without per-sample gradients
-  (a cell called several times per batch falls back to opacus's fast gradient clipping);
+  (a cell called several times per batch falls back to opacus's fast gradient clipping).
+  opacus's loss wrapper then runs a second, clipped backward (``sum_n coeff_n loss_n``, hooks
+  off): HandLSTM replays it from the first pass's records instead of running through time
+  again (:class:`handlstm._per_sample.BlockRun`), and inside that two-pass backward
+  (``DPTensorFastGradientClipping.backward`` is wrapped to mark it) the first pass does not
+  compute the summed ``p.grad`` that opacus zeroes right after it. Called without opacus's
+  loss wrapper (``loss.backward()`` on a ``GradSampleModuleFastGradientClipping``), the first
+  pass's ``p.grad`` is computed as usual;
 * ``"ew"``: refused with a clear error (ExpandedWeights cannot run a recurrent module).
 """
 
