@@ -37,6 +37,7 @@ class CellVariant(NamedTuple):
     zoneout_h: float = 0.0  # used as the expectation when no zoneout mask is given (eval)
     zoneout_c: float = 0.0
     linear: Callable[..., Tensor] = F.linear  # per-sample gradients swap in a recording linear
+    diagonal: Callable[[Tensor, Tensor], Tensor] = torch.mul  # peephole * c, recorded likewise
 
 
 class StepNoise(NamedTuple):
@@ -86,8 +87,8 @@ def cell_update(
     v = variant
     ingate, forgetgate, cellgate, outgate = gates.chunk(4, -1)  # 4 x (N, H_cell)
     if v.peephole_i is not None and v.peephole_f is not None:
-        ingate = ingate + v.peephole_i * c
-        forgetgate = forgetgate + v.peephole_f * c
+        ingate = ingate + v.diagonal(v.peephole_i, c)
+        forgetgate = forgetgate + v.diagonal(v.peephole_f, c)
     ingate = v.gate_activation(ingate)
     forgetgate = v.gate_activation(forgetgate)
     cellgate = v.cell_activation(cellgate)
@@ -95,7 +96,7 @@ def cell_update(
     if v.cell_clip is not None:
         c_next = c_next.clamp(-v.cell_clip, v.cell_clip)
     if v.peephole_o is not None:
-        outgate = outgate + v.peephole_o * c_next
+        outgate = outgate + v.diagonal(v.peephole_o, c_next)
     outgate = v.gate_activation(outgate)
     c_out = c_next
     if v.ln_c_weight is not None:

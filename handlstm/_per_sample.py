@@ -44,7 +44,7 @@ from ._scan import DirectionWeights, ScanVariant, input_gates
 SAMPLES, NORMS, NOTHING = "samples", "norms", "nothing"
 
 #: Variant options whose own parameters (or weight transform) the tape does not cover yet.
-UNSUPPORTED_OPTIONS = ("layer_norm", "peepholes", "weight_drop")
+UNSUPPORTED_OPTIONS = ("layer_norm", "weight_drop")
 
 #: Above this many records per op, ghost norms materialise one weight's per-sample gradients
 #: instead of the (N, K, K) Gram matrices (when K*K exceeds the weight's size).
@@ -57,6 +57,16 @@ _USERS = {
     "ih": ("weight_ih", "bias_ih", "bias_hh"),
     "hh": ("weight_hh",),
     "hr": ("weight_hr",),
+    "ci": ("weight_ci",),  # peepholes: elementwise, ``sum_k d_out[k, n] * c[k, n]``
+    "cf": ("weight_cf",),
+    "co": ("weight_co",),
+}
+
+#: CellVariant field -> (record kind, parameter name) of the peepholes.
+_PEEPHOLES = {
+    "peephole_i": ("ci", "weight_ci"),
+    "peephole_f": ("cf", "weight_cf"),
+    "peephole_o": ("co", "weight_co"),
 }
 
 
@@ -110,6 +120,23 @@ class _Tap(torch.autograd.Function):
         ctx.slot.grad = grad
         grad_x = grad.matmul(weight) if ctx.needs_input_grad[0] else None
         return grad_x, None, None, None
+
+
+class _DiagonalTap(torch.autograd.Function):
+    """``weight * x`` (a peephole) whose backward records the output gradient and leaves the
+    weight's gradient to the tape's owner."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, x: Tensor, slot: _Slot) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        ctx.slot = slot
+        return weight * x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, None]:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        ctx.slot.grad = grad
+        return None, (grad * weight if ctx.needs_input_grad[1] else None), None
 
 
 class _Block(torch.autograd.Function):
@@ -299,7 +326,9 @@ class BlockRun:
                 for name in _USERS[kind]:
                     if name not in index:
                         continue
-                    if name.startswith("bias"):  # sum_n alpha_n sum_k d_out[k, n]
+                    if name in _DIAGONAL:  # sum_n alpha_n sum_k d_out[k, n] * x[k, n]
+                        g = alpha @ memo.get("diag", d_out, partial(_diagonal_sum, d_out, x))
+                    elif name.startswith("bias"):  # sum_n alpha_n sum_k d_out[k, n]
                         g = alpha @ memo.get("bias", d_out, partial(Tensor.sum, d_out, 0))
                     else:  # sum_{k,n} d_out[k, n] (alpha_n x[k, n])^T: alpha on the smaller x
                         ax = x * alpha.view(1, -1, 1)  # (K, N, I)
@@ -321,6 +350,8 @@ class DirectionTape:
         self.ih: list[_Slot] = []
         self.hh: list[_Slot] = []
         self.hr: list[_Slot] = []
+        self.diagonals: dict[int, list[_Slot]] = {}  # id(peephole leaf) -> its records
+        self.diagonal_kinds: dict[int, str] = {}  # id(peephole leaf) -> "ci", "cf" or "co"
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The recording ``F.linear`` that the composed path calls through the variant."""
@@ -337,6 +368,15 @@ class DirectionTape:
         slots.append(slot)
         return _Tap.apply(x, weight, bias, slot)
 
+    def diagonal(self, weight: Tensor, x: Tensor) -> Tensor:
+        """The recording ``weight * x`` of the peepholes (other weights: plain ``torch.mul``)."""
+        slots = self.diagonals.get(id(weight))
+        if slots is None:
+            return torch.mul(weight, x)
+        slot = _Slot(x.detach())
+        slots.append(slot)
+        return _DiagonalTap.apply(weight, x, slot)
+
     def blocks(self) -> dict[str, tuple[Tensor, Tensor]]:
         """``kind -> (d_out, x)`` padded to ``(K, N, G)`` and ``(K, N, I)``; rows a packed step
         lacks are zeros. Kinds whose op got no gradient in this backward are left out."""
@@ -344,13 +384,16 @@ class DirectionTape:
         ih = self.ih[0] if self.ih else None
         if ih is not None and ih.grad is not None:
             found["ih"] = (self._pad_input(ih.grad), self._pad_input(ih.x))
-        for kind, slots in (("hh", self.hh), ("hr", self.hr)):
+        diagonals = [(self.diagonal_kinds[key], slots) for key, slots in self.diagonals.items()]
+        for kind, slots in (("hh", self.hh), ("hr", self.hr), *diagonals):
             done = [s for s in slots if s.grad is not None]
             if done:
                 grads = [s.grad for s in done if s.grad is not None]
                 found[kind] = (self._stack(grads), self._stack([s.x for s in done]))
-        for slot in (*self.ih, *self.hh, *self.hr):
-            slot.grad = None  # a later backward through the same graph records afresh
+            for slot in slots:
+                slot.grad = None  # a later backward through the same graph records afresh
+        for slot in self.ih:
+            slot.grad = None
         return found
 
     def _pad_input(self, t: Tensor) -> Tensor:
@@ -481,8 +524,18 @@ class ModuleTape:
                 index[kind] = found[0]
             swapped.append(w if found is None else found[1])
         tape = DirectionTape(DirectionWeights(*swapped), batch_sizes, self.batch)  # type: ignore[arg-type]
+        peepholes: dict[str, Tensor] = {}
+        for field, (kind, name) in _PEEPHOLES.items():
+            w = getattr(variant.cell, field)
+            found = None if w is None else self._views.get(id(w))
+            if found is not None:
+                index[name] = found[0]
+                peepholes[field] = found[1]
+                tape.diagonals[id(found[1])] = []
+                tape.diagonal_kinds[id(found[1])] = kind
         self.directions.append((tape, index))
-        variant.cell = variant.cell._replace(linear=tape.linear)
+        cell = variant.cell._replace(linear=tape.linear, diagonal=tape.diagonal)
+        variant.cell = cell._replace(**peepholes)  # type: ignore[arg-type]
         return tape.weights, variant
 
     def finish(self, plan: Plan) -> list[Tensor | None]:
@@ -516,6 +569,13 @@ class ModuleTape:
         return sums
 
 
+_DIAGONAL = ("weight_ci", "weight_cf", "weight_co")
+
+
+def _diagonal_sum(d_out: Tensor, x: Tensor) -> Tensor:
+    return (d_out * x).sum(0)
+
+
 def _gradients(
     name: str,
     d_out: Tensor,
@@ -528,8 +588,11 @@ def _gradients(
     """``(summed gradient or None, per-sample result for scale * loss)`` of one parameter."""
     memo = memo or _Memo()
     sums = sums or want == NOTHING
-    if name.startswith("bias"):
-        per_sample = memo.get("bias", d_out, partial(Tensor.sum, d_out, 0))  # (N, G)
+    if name.startswith("bias") or name in _DIAGONAL:
+        if name in _DIAGONAL:  # a peephole: sum_k d_out[k, n] * x[k, n]
+            per_sample = memo.get("diag", d_out, partial(_diagonal_sum, d_out, x))  # (N, G)
+        else:
+            per_sample = memo.get("bias", d_out, partial(Tensor.sum, d_out, 0))  # (N, G)
         summed = per_sample.sum(0) if sums else None
         if want == NORMS:
             return summed, per_sample.pow(2).sum(1) * scale**2
@@ -643,7 +706,7 @@ def cell_forward(
     def fn(input: Tensor, h0: Tensor | None, c0: Tensor | None) -> tuple[Tensor, ...]:
         x, h0, c0, batched = m._batched_inputs(input, (h0, c0) if differentiable else hx)
         weights = DirectionWeights(m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh, None)
-        variant = ScanVariant(cell=_variants.cell_variant(m.options, lambda kind: None))
+        variant = ScanVariant(cell=_variants.cell_variant(m.options, lambda kind: getattr(m, kind)))
         weights, variant = tape.direction(weights, variant, None)
         bias = None
         if weights.bias_ih is not None and weights.bias_hh is not None:

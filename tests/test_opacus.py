@@ -266,7 +266,11 @@ def test_unreached_layer_gets_zero_grad_samples():
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"bias": False, "cell_clip": 0.3, "gate_activation": torch.nn.functional.hardsigmoid}],
+    [
+        {},
+        {"bias": False, "cell_clip": 0.3, "gate_activation": torch.nn.functional.hardsigmoid},
+        {"peepholes": True},
+    ],
 )
 def test_cell_unrolled_in_a_python_loop(options):
     class Loop(nn.Module):
@@ -317,10 +321,37 @@ def test_variants_without_own_parameters(options):
 
 
 @pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"peepholes": True},
+        {"peepholes": True, "num_layers": 2, "bidirectional": True, "proj_size": 2},
+        {"peepholes": True, "batch_first": True, "bias": False},
+    ],
+)
+@pytest.mark.parametrize("packed", [None, "unsorted"])
+def test_peepholes_get_exact_per_sample_gradients(kwargs, packed):
+    """The peepholes' own parameters (weight_ci, weight_cf, weight_co) too."""
+    torch.manual_seed(0)
+    model = Net(**kwargs).to(DT)
+    with torch.no_grad():  # nonzero peepholes (they start at 0)
+        for name, p in model.named_parameters():
+            if name.startswith("lstm.weight_c"):
+                p.normal_()
+    reference = copy.deepcopy(model)
+    bf = kwargs.get("batch_first", False)
+    x = make_input(bf, packed, False)
+    per, total = oracle(reference, x, "all", bf, seed=0)
+    run_hooked(model, x, "all", bf, "mean", seed=0)
+    check_grad_samples(model, per, total)
+    assert any(n.startswith("lstm.weight_ci") for n in per)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, total[name] / N, **TOL, msg=name)
+
+
+@pytest.mark.parametrize(
     ("module", "option"),
     [
         (lambda: HandLSTM(3, 4, layer_norm=True), "layer_norm"),
-        (lambda: HandLSTM(3, 4, peepholes=True), "peepholes"),
         (lambda: HandLSTM(3, 4, weight_drop=0.2), "weight_drop"),
         (lambda: HandLSTMCell(3, 4, layer_norm=True), "layer_norm"),
     ],
@@ -365,6 +396,7 @@ def test_remove_hooks_restores_the_plain_module():
         ({}, "all", None),
         ({"num_layers": 2, "bidirectional": True, "proj_size": 2}, "all", "unsorted"),
         ({"batch_first": True, "bias": False}, "h_n", None),
+        ({"peepholes": True, "bidirectional": True}, "all", "unsorted"),
     ],
 )
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -102,6 +102,7 @@ CONFIGS = [
     ({"num_layers": 2, "bidirectional": True, "proj_size": 2}, "all", "unsorted", False),
     ({"batch_first": True}, "h_n", None, True),  # after an Embedding: its gradient is replayed
     ({"batch_first": True, "bias": False, "num_layers": 2}, "output", "sorted", False),
+    ({"peepholes": True, "proj_size": 2}, "all", "unsorted", False),
 ]
 
 
