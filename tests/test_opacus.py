@@ -155,6 +155,33 @@ def test_grad_sample_equals_per_example_autograd(kwargs, which, packed, embed, r
         torch.testing.assert_close(p.grad, total[name] * scale, **TOL, msg=name)
 
 
+def test_lengths_keyword_passes_through():
+    """``lstm(x, lengths=...)`` (beyond nn.LSTM) in per-sample mode: exact as well."""
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = HandLSTM(H_IN, H, batch_first=True, bidirectional=True)
+
+        def forward(self, x: Tensor, lengths: Tensor) -> tuple[object, Tensor, Tensor]:
+            out, (h, c) = self.lstm(x, lengths=lengths)
+            return out, h, c
+
+    torch.manual_seed(0)
+    model = Padded().to(DT)
+    reference = copy.deepcopy(model)
+    x = torch.randn(N, L, H_IN, dtype=DT)
+    lengths = torch.tensor([L, 2, 3])
+    losses = per_sample_loss(*reference(x, lengths), "all", True)
+    per_sample_loss(*GradSampleModule(model)(x, lengths), "all", True).mean().backward()
+    for i in range(N):
+        grads = torch.autograd.grad(losses[i], list(reference.parameters()), retain_graph=True)
+        for (name, p), g in zip(model.named_parameters(), grads, strict=True):
+            torch.testing.assert_close(p.grad_sample[i], g, **TOL, msg=name)
+            if i == 1:
+                assert p.grad_sample[i].abs().max() > 0, name
+
+
 @pytest.mark.parametrize("packed", [None, "unsorted"])
 def test_grad_sample_equals_independent_single_example_runs(packed):
     """Each example alone through an unhooked copy (its own forward, batch of one)."""
