@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _variants
@@ -148,8 +149,15 @@ class _Block(torch.autograd.Function):
         return run.forward(inputs)
 
     @staticmethod
+    @once_differentiable  # double backward: autograd's clear error, never a silent zero
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         return (None, *ctx.run.backward(grads))
+
+
+def _keep_graph() -> bool:
+    """Does the running backward retain the graph (``retain_graph=True``)? True if unknown."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if probe is None else bool(probe())
 
 
 class Rows:
@@ -241,7 +249,7 @@ class BlockRun:
     def backward(self, grads: tuple[Tensor, ...]) -> list[Tensor | None]:
         tape = self.tape
         plan = tape.sink.plan(tape)
-        keep = torch._C._autograd._get_current_graph_task_keep_graph()
+        keep = _keep_graph()
         if plan.want == NOTHING and self.first is not None:
             alpha = self._ratio(grads)
             if alpha is not None:

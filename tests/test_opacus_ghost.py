@@ -232,3 +232,14 @@ def test_hooks_mode_keeps_no_records_and_frees_the_inner_graph(monkeypatch):
     assert run.outputs is None and run.first is None and run.tape.recorded == []
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         (h.sum() + c.sum()).backward()
+
+
+def test_double_backward_through_per_sample_mode_raises():
+    """The one-node forward is differentiable once: a second-order gradient raises autograd's
+    error instead of silently missing the module's share."""
+    model = Net().to(DT)
+    gsm = opacus.GradSampleModule(model)
+    x = make_input(False, None, False, grad=True)
+    (gx,) = torch.autograd.grad(per_sample_loss(*gsm(x), "all", False).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.pow(2).sum().backward()
