@@ -38,6 +38,7 @@ class CellVariant(NamedTuple):
     zoneout_c: float = 0.0
     linear: Callable[..., Tensor] = F.linear  # per-sample gradients swap in a recording linear
     diagonal: Callable[[Tensor, Tensor], Tensor] = torch.mul  # peephole * c, recorded likewise
+    norm: Callable[..., Tensor] | None = None  # the cell layer norm (None: layer_norm), likewise
 
 
 class StepNoise(NamedTuple):
@@ -100,7 +101,8 @@ def cell_update(
     outgate = v.gate_activation(outgate)
     c_out = c_next
     if v.ln_c_weight is not None:
-        c_out = layer_norm(c_next, v.ln_c_weight, v.ln_c_bias)
+        norm = layer_norm if v.norm is None else v.norm
+        c_out = norm(c_next, v.ln_c_weight, v.ln_c_bias)
     h = outgate * v.cell_activation(c_out)  # (N, H_cell)
     return h, c_next, (ingate, forgetgate, cellgate, outgate)
 

@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _variants
-from ._cell import lstm_step
+from ._cell import layer_norm, lstm_step
 from ._scan import DirectionWeights, ScanVariant, input_gates
 
 #: What the module's backward is asked for: per-sample gradients, their squared norms, or
@@ -45,7 +45,7 @@ from ._scan import DirectionWeights, ScanVariant, input_gates
 SAMPLES, NORMS, NOTHING = "samples", "norms", "nothing"
 
 #: Variant options whose own parameters (or weight transform) the tape does not cover yet.
-UNSUPPORTED_OPTIONS = ("layer_norm", "weight_drop")
+UNSUPPORTED_OPTIONS = ("weight_drop",)
 
 #: Above this many records per op, ghost norms materialise one weight's per-sample gradients
 #: instead of the (N, K, K) Gram matrices (when K*K exceeds the weight's size).
@@ -61,6 +61,11 @@ _USERS = {
     "ci": ("weight_ci",),  # peepholes: elementwise, ``sum_k d_out[k, n] * c[k, n]``
     "cf": ("weight_cf",),
     "co": ("weight_co",),
+    # layer norm: ``LN(y) * gain + shift`` recorded as ``(d_out, LN(y))``; with it the GEMM
+    # biases are the input norm's shift (registered under ln_bias_ih / ln_bias_hh)
+    "ln_ih": ("ln_weight_ih", "ln_bias_ih", "ln_bias_hh"),
+    "ln_hh": ("ln_weight_hh",),
+    "ln_c": ("ln_weight_c", "ln_bias_c"),
 }
 
 #: CellVariant field -> (record kind, parameter name) of the peepholes.
@@ -138,6 +143,26 @@ class _DiagonalTap(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         ctx.slot.grad = grad
         return None, (grad * weight if ctx.needs_input_grad[1] else None), None
+
+
+class _AffineTap(torch.autograd.Function):
+    """``z * gain (+ shift)`` (a layer norm's affine part) whose backward records the output
+    gradient and leaves the gain's and shift's gradients to the tape's owner."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, z: Tensor, gain: Tensor, shift: Tensor | None, slot: _Slot
+    ) -> Tensor:
+        ctx.save_for_backward(gain)
+        ctx.slot = slot
+        out = z * gain
+        return out if shift is None else out + shift
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        (gain,) = ctx.saved_tensors
+        ctx.slot.grad = grad
+        return (grad * gain if ctx.needs_input_grad[0] else None), None, None, None
 
 
 class _Block(torch.autograd.Function):
@@ -336,7 +361,7 @@ class BlockRun:
                         continue
                     if name in _DIAGONAL:  # sum_n alpha_n sum_k d_out[k, n] * x[k, n]
                         g = alpha @ memo.get("diag", d_out, partial(_diagonal_sum, d_out, x))
-                    elif name.startswith("bias"):  # sum_n alpha_n sum_k d_out[k, n]
+                    elif name.startswith("bias") or name in _SHIFTS:  # sum_n alpha_n sum_k d_out
                         g = alpha @ memo.get("bias", d_out, partial(Tensor.sum, d_out, 0))
                     else:  # sum_{k,n} d_out[k, n] (alpha_n x[k, n])^T: alpha on the smaller x
                         ax = x * alpha.view(1, -1, 1)  # (K, N, I)
@@ -360,6 +385,11 @@ class DirectionTape:
         self.hr: list[_Slot] = []
         self.diagonals: dict[int, list[_Slot]] = {}  # id(peephole leaf) -> its records
         self.diagonal_kinds: dict[int, str] = {}  # id(peephole leaf) -> "ci", "cf" or "co"
+        #: layer norm gains (None: off) and the records of the affine parts
+        self.ln_ih: Tensor | None = None
+        self.ln_hh: Tensor | None = None
+        self.ln_c: Tensor | None = None
+        self.affine: dict[str, list[_Slot]] = {"ln_ih": [], "ln_hh": [], "ln_c": []}
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The recording ``F.linear`` that the composed path calls through the variant."""
@@ -372,9 +402,26 @@ class DirectionTape:
             slots = self.hr
         else:  # pragma: no cover - a linear op the tape was not told about
             raise RuntimeError("per-sample gradients: a linear op with an unknown weight")
+        gain = self.ln_ih if slots is self.ih else self.ln_hh if slots is self.hh else None
         slot = _Slot(x.detach())
         slots.append(slot)
-        return _Tap.apply(x, weight, bias, slot)
+        if gain is None:
+            return _Tap.apply(x, weight, bias, slot)
+        kind = "ln_ih" if slots is self.ih else "ln_hh"  # LN(W x) * gain + bias
+        return self._affine(
+            kind, layer_norm(_Tap.apply(x, weight, None, slot), None, None), gain, bias
+        )
+
+    def norm(self, c: Tensor, gain: Tensor | None, shift: Tensor | None) -> Tensor:
+        """The recording cell layer norm (``CellVariant.norm``)."""
+        if gain is None or gain is not self.ln_c:
+            return layer_norm(c, gain, shift)
+        return self._affine("ln_c", layer_norm(c, None, None), gain, shift)
+
+    def _affine(self, kind: str, z: Tensor, gain: Tensor, shift: Tensor | None) -> Tensor:
+        slot = _Slot(z.detach())
+        self.affine[kind].append(slot)
+        return _AffineTap.apply(z, gain, shift, slot)
 
     def diagonal(self, weight: Tensor, x: Tensor) -> Tensor:
         """The recording ``weight * x`` of the peepholes (other weights: plain ``torch.mul``)."""
@@ -392,15 +439,19 @@ class DirectionTape:
         ih = self.ih[0] if self.ih else None
         if ih is not None and ih.grad is not None:
             found["ih"] = (self._pad_input(ih.grad), self._pad_input(ih.x))
+        ln_ih = self.affine["ln_ih"][0] if self.affine["ln_ih"] else None
+        if ln_ih is not None and ln_ih.grad is not None:
+            found["ln_ih"] = (self._pad_input(ln_ih.grad), self._pad_input(ln_ih.x))
         diagonals = [(self.diagonal_kinds[key], slots) for key, slots in self.diagonals.items()]
-        for kind, slots in (("hh", self.hh), ("hr", self.hr), *diagonals):
+        steps = [("ln_hh", self.affine["ln_hh"]), ("ln_c", self.affine["ln_c"])]
+        for kind, slots in (("hh", self.hh), ("hr", self.hr), *diagonals, *steps):
             done = [s for s in slots if s.grad is not None]
             if done:
                 grads = [s.grad for s in done if s.grad is not None]
                 found[kind] = (self._stack(grads), self._stack([s.x for s in done]))
             for slot in slots:
                 slot.grad = None  # a later backward through the same graph records afresh
-        for slot in self.ih:
+        for slot in (*self.ih, *self.affine["ln_ih"]):
             slot.grad = None
         return found
 
@@ -541,10 +592,36 @@ class ModuleTape:
                 peepholes[field] = found[1]
                 tape.diagonals[id(found[1])] = []
                 tape.diagonal_kinds[id(found[1])] = kind
+        # layer norm: the tape applies the gains itself (recorded), the variant's are cleared
+        leaf = self._leaf
+        if variant.ln_ih is not None:
+            tape.ln_ih = leaf(variant.ln_ih, "ln_weight_ih", index)
+            variant.ln_ih = None
+            for name in ("bias_ih", "bias_hh"):  # the GEMM biases are the input norm's shift
+                if name in index:
+                    index["ln_" + name] = index.pop(name)
+        if variant.cell.ln_hh is not None:
+            tape.ln_hh = leaf(variant.cell.ln_hh, "ln_weight_hh", index)
+        if variant.cell.ln_c_weight is not None:
+            tape.ln_c = leaf(variant.cell.ln_c_weight, "ln_weight_c", index)
+            peepholes["ln_c_weight"] = tape.ln_c
+        if variant.cell.ln_c_bias is not None:
+            peepholes["ln_c_bias"] = leaf(variant.cell.ln_c_bias, "ln_bias_c", index)
         self.directions.append((tape, index))
-        cell = variant.cell._replace(linear=tape.linear, diagonal=tape.diagonal)
+        cell = variant.cell._replace(
+            linear=tape.linear, diagonal=tape.diagonal, norm=tape.norm, ln_hh=None
+        )
         variant.cell = cell._replace(**peepholes)  # type: ignore[arg-type]
         return tape.weights, variant
+
+    def _leaf(self, w: Tensor, name: str, index: dict[str, int]) -> Tensor:
+        """``w``'s detached copy (registered in ``index`` under ``name``), or ``w`` itself when
+        it is not one of the trainable parameters."""
+        found = self._views.get(id(w))
+        if found is None:
+            return w
+        index[name] = found[0]
+        return found[1]
 
     def finish(self, plan: Plan) -> list[Tensor | None]:
         """After the module's backward: hand per-sample results to the sink, return the sums
@@ -577,7 +654,9 @@ class ModuleTape:
         return sums
 
 
-_DIAGONAL = ("weight_ci", "weight_cf", "weight_co")
+#: elementwise gains (``sum_k d_out * x``) and shifts (``sum_k d_out``) besides the biases
+_DIAGONAL = ("weight_ci", "weight_cf", "weight_co", "ln_weight_ih", "ln_weight_hh", "ln_weight_c")
+_SHIFTS = ("ln_bias_ih", "ln_bias_hh", "ln_bias_c")
 
 
 def _diagonal_sum(d_out: Tensor, x: Tensor) -> Tensor:
@@ -596,7 +675,7 @@ def _gradients(
     """``(summed gradient or None, per-sample result for scale * loss)`` of one parameter."""
     memo = memo or _Memo()
     sums = sums or want == NOTHING
-    if name.startswith("bias") or name in _DIAGONAL:
+    if name.startswith("bias") or name in _DIAGONAL or name in _SHIFTS:
         if name in _DIAGONAL:  # a peephole: sum_k d_out[k, n] * x[k, n]
             per_sample = memo.get("diag", d_out, partial(_diagonal_sum, d_out, x))  # (N, G)
         else:
@@ -714,7 +793,10 @@ def cell_forward(
     def fn(input: Tensor, h0: Tensor | None, c0: Tensor | None) -> tuple[Tensor, ...]:
         x, h0, c0, batched = m._batched_inputs(input, (h0, c0) if differentiable else hx)
         weights = DirectionWeights(m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh, None)
-        variant = ScanVariant(cell=_variants.cell_variant(m.options, lambda kind: getattr(m, kind)))
+        ln_ih = m.ln_weight_ih if m.options.layer_norm else None
+        variant = ScanVariant(
+            cell=_variants.cell_variant(m.options, lambda kind: getattr(m, kind)), ln_ih=ln_ih
+        )
         weights, variant = tape.direction(weights, variant, None)
         bias = None
         if weights.bias_ih is not None and weights.bias_hh is not None:

@@ -297,6 +297,8 @@ def test_unreached_layer_gets_zero_grad_samples():
         {},
         {"bias": False, "cell_clip": 0.3, "gate_activation": torch.nn.functional.hardsigmoid},
         {"peepholes": True},
+        {"layer_norm": True, "peepholes": True},
+        {"layer_norm": True, "bias": False},
     ],
 )
 def test_cell_unrolled_in_a_python_loop(options):
@@ -353,16 +355,21 @@ def test_variants_without_own_parameters(options):
         {"peepholes": True},
         {"peepholes": True, "num_layers": 2, "bidirectional": True, "proj_size": 2},
         {"peepholes": True, "batch_first": True, "bias": False},
+        {"layer_norm": True},
+        {"layer_norm": True, "num_layers": 2, "bidirectional": True, "proj_size": 2},
+        {"layer_norm": True, "peepholes": True, "bias": False, "batch_first": True},
     ],
 )
 @pytest.mark.parametrize("packed", [None, "unsorted"])
-def test_peepholes_get_exact_per_sample_gradients(kwargs, packed):
-    """The peepholes' own parameters (weight_ci, weight_cf, weight_co) too."""
+def test_variant_parameters_get_exact_per_sample_gradients(kwargs, packed):
+    """The variants' own parameters too: peepholes (weight_ci, weight_cf, weight_co), layer
+    norm gains and shifts (ln_weight_ih/hh/c, ln_bias_c; with layer norm the GEMM biases are
+    the input norm's shift)."""
     torch.manual_seed(0)
     model = Net(**kwargs).to(DT)
     with torch.no_grad():  # nonzero peepholes (they start at 0)
         for name, p in model.named_parameters():
-            if name.startswith("lstm.weight_c"):
+            if name.startswith(("lstm.weight_c", "lstm.ln_")):
                 p.normal_()
     reference = copy.deepcopy(model)
     bf = kwargs.get("batch_first", False)
@@ -370,7 +377,8 @@ def test_peepholes_get_exact_per_sample_gradients(kwargs, packed):
     per, total = oracle(reference, x, "all", bf, seed=0)
     run_hooked(model, x, "all", bf, "mean", seed=0)
     check_grad_samples(model, per, total)
-    assert any(n.startswith("lstm.weight_ci") for n in per)
+    own = ("lstm.weight_c", "lstm.ln_")
+    assert any(n.startswith(own) and per[n].abs().max() > 0 for n in per)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, total[name] / N, **TOL, msg=name)
 
@@ -378,9 +386,7 @@ def test_peepholes_get_exact_per_sample_gradients(kwargs, packed):
 @pytest.mark.parametrize(
     ("module", "option"),
     [
-        (lambda: HandLSTM(3, 4, layer_norm=True), "layer_norm"),
         (lambda: HandLSTM(3, 4, weight_drop=0.2), "weight_drop"),
-        (lambda: HandLSTMCell(3, 4, layer_norm=True), "layer_norm"),
     ],
 )
 def test_variants_with_own_parameters_are_refused_clearly(module, option):
@@ -424,6 +430,7 @@ def test_remove_hooks_restores_the_plain_module():
         ({"num_layers": 2, "bidirectional": True, "proj_size": 2}, "all", "unsorted"),
         ({"batch_first": True, "bias": False}, "h_n", None),
         ({"peepholes": True, "bidirectional": True}, "all", "unsorted"),
+        ({"layer_norm": True, "proj_size": 2}, "all", None),
     ],
 )
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

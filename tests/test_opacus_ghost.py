@@ -103,6 +103,7 @@ CONFIGS = [
     ({"batch_first": True}, "h_n", None, True),  # after an Embedding: its gradient is replayed
     ({"batch_first": True, "bias": False, "num_layers": 2}, "output", "sorted", False),
     ({"peepholes": True, "proj_size": 2}, "all", "unsorted", False),
+    ({"layer_norm": True, "bidirectional": True}, "all", "unsorted", False),
 ]
 
 
