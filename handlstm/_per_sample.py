@@ -189,13 +189,15 @@ class Rows:
     """Which sample (in the tape's row order) each slice of a tensor along ``dim`` is.
 
     ``index`` ``(size along dim,)``; None for unbatched tensors (all of it is sample 0).
+    ``ordered``: ``index`` is ``arange(N)`` (slice i is sample i; no gather or scatter needed).
     """
 
-    __slots__ = ("index", "dim")
+    __slots__ = ("index", "dim", "ordered")
 
-    def __init__(self, index: Tensor | None, dim: int = 0) -> None:
+    def __init__(self, index: Tensor | None, dim: int = 0, ordered: bool = False) -> None:
         self.index = index
         self.dim = dim
+        self.ordered = ordered
 
     def spread(self, values: Tensor, like: Tensor) -> Tensor:
         """Per-sample ``values`` ``(N,)`` as a factor that broadcasts against ``like``."""
@@ -203,12 +205,14 @@ class Rows:
             return values.reshape(())
         shape = [1] * like.dim()
         shape[self.dim] = -1
-        return values.index_select(0, self.index).view(shape)
+        return (values if self.ordered else values.index_select(0, self.index)).view(shape)
 
     def per_sample(self, t: Tensor, n: int) -> Tensor:
         """``t`` summed over everything but its sample axis: ``(n,)``."""
         if self.index is None:
             return t.sum().reshape(1)
+        if self.ordered:
+            return t.sum([d for d in range(t.dim()) if d != self.dim]) if t.dim() > 1 else t
         rows = t.movedim(self.dim, 0).reshape(t.size(self.dim), -1).sum(1)
         return rows.new_zeros(n).index_add_(0, self.index, rows)
 
@@ -738,14 +742,17 @@ def lstm_forward(
         data = input.data
         steps = torch.arange(batch, device=data.device)
         rows_data = Rows(torch.cat([steps[: int(b)] for b in sizes]) if batch else steps, 0)
-        rows_state = Rows(steps if unsorted is None else unsorted.to(data.device), 1)
+        if unsorted is None:
+            rows_state = Rows(steps, 1, ordered=True)
+        else:
+            rows_state = Rows(unsorted.to(data.device), 1)
     else:
         unsorted, data = None, input
         batched = data.dim() == 3
         batch = (data.size(0) if m.batch_first else data.size(1)) if batched else 1
         steps = torch.arange(batch, device=data.device)
-        rows_data = Rows(steps if batched else None, 0 if m.batch_first else 1)
-        rows_state = Rows(steps if batched else None, 1)
+        rows_data = Rows(steps if batched else None, 0 if m.batch_first else 1, ordered=True)
+        rows_state = Rows(steps if batched else None, 1, ordered=True)
     tape = ModuleTape(trainable(module), batch, unsorted, sink)
     differentiable = _pair(hx)
     h0, c0 = hx if differentiable else (None, None)
@@ -786,7 +793,7 @@ def cell_forward(
     batched = input.dim() == 2
     n = input.size(0) if batched else 1
     tape = ModuleTape(trainable(module), n, None, sink)
-    rows = Rows(torch.arange(n, device=input.device) if batched else None, 0)
+    rows = Rows(torch.arange(n, device=input.device) if batched else None, 0, ordered=True)
     differentiable = _pair(hx)
     h0, c0 = hx if differentiable else (None, None)
 
