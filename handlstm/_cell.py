@@ -38,6 +38,8 @@ class CellVariant(NamedTuple):
     zoneout_c: float = 0.0
     ln_eps: float = LAYER_NORM_EPS  # the layer norms' epsilon (a field: see _traced._python_floats)
     linear: Callable[..., Tensor] = F.linear  # per-sample gradients swap in a recording linear
+    diagonal: Callable[[Tensor, Tensor], Tensor] = torch.mul  # peephole * c, recorded likewise
+    norm: Callable[..., Tensor] | None = None  # the cell layer norm (None: layer_norm), likewise
 
 
 class StepNoise(NamedTuple):
@@ -89,8 +91,8 @@ def cell_update(
     v = variant
     ingate, forgetgate, cellgate, outgate = gates.chunk(4, -1)  # 4 x (N, H_cell)
     if v.peephole_i is not None and v.peephole_f is not None:
-        ingate = ingate + v.peephole_i * c
-        forgetgate = forgetgate + v.peephole_f * c
+        ingate = ingate + v.diagonal(v.peephole_i, c)
+        forgetgate = forgetgate + v.diagonal(v.peephole_f, c)
     ingate = v.gate_activation(ingate)
     forgetgate = v.gate_activation(forgetgate)
     cellgate = v.cell_activation(cellgate)
@@ -98,11 +100,12 @@ def cell_update(
     if v.cell_clip is not None:
         c_next = c_next.clamp(-v.cell_clip, v.cell_clip)
     if v.peephole_o is not None:
-        outgate = outgate + v.peephole_o * c_next
+        outgate = outgate + v.diagonal(v.peephole_o, c_next)
     outgate = v.gate_activation(outgate)
     c_out = c_next
     if v.ln_c_weight is not None:
-        c_out = layer_norm(c_next, v.ln_c_weight, v.ln_c_bias, v.ln_eps)
+        norm = layer_norm if v.norm is None else v.norm
+        c_out = norm(c_next, v.ln_c_weight, v.ln_c_bias, v.ln_eps)
     h = outgate * v.cell_activation(c_out)  # (N, H_cell)
     return h, c_next, (ingate, forgetgate, cellgate, outgate)
 

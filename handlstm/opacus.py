@@ -19,7 +19,14 @@ and each module computes its per-sample gradients inside its own backward
 
 * ``"hooks"`` and ``"functorch"``: ``p.grad_sample`` exactly (functorch's vmap is not needed);
 * ``"ghost"``: ``p._norm_sample`` from per-sample Gram matrices, without per-sample gradients
-  (a cell called several times per batch falls back to opacus's fast gradient clipping);
+  (a cell called several times per batch falls back to opacus's fast gradient clipping).
+  opacus's loss wrapper then runs a second, clipped backward (``sum_n coeff_n loss_n``, hooks
+  off): HandLSTM replays it from the first pass's records instead of running through time
+  again (:class:`handlstm._per_sample.BlockRun`), and inside that two-pass backward
+  (``DPTensorFastGradientClipping.backward`` is wrapped to mark it) the first pass does not
+  compute the summed ``p.grad`` that opacus zeroes right after it. Called without opacus's
+  loss wrapper (``loss.backward()`` on a ``GradSampleModuleFastGradientClipping``), the first
+  pass's ``p.grad`` is computed as usual;
 * ``"ew"``: refused with a clear error (ExpandedWeights cannot run a recurrent module).
 """
 
@@ -39,7 +46,9 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
     create_norm_sample,
 )
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _per_sample
 from ._cell_module import HandLSTMCell
@@ -53,6 +62,8 @@ MODULES = (HandLSTM, HandLSTMCell)
 SUPPORTED_MODES = ("hooks", "functorch", "ghost")
 
 _ATTR = "_handlstm_opacus"  # on an adopted module: its _Sink
+#: on a hooks object during opacus's two-pass backward: ids of the parameters it zeroes
+_TWO_PASS = "_handlstm_two_pass"
 
 
 class _Sink:
@@ -82,10 +93,10 @@ class _Sink:
         hooks = self.hooks()
         return isinstance(hooks, GradSampleHooksFastGradientClipping)
 
-    def want(self, tape: _per_sample.ModuleTape) -> tuple[str, float]:
+    def plan(self, tape: _per_sample.ModuleTape) -> _per_sample.Plan:
         hooks: Any = self.hooks()
         if hooks is None or not hooks.hooks_enabled:
-            return _per_sample.NOTHING, 1.0
+            return _per_sample.Plan(_per_sample.NOTHING, 1.0)
         if hooks.loss_reduction == "mean":
             scale = float(self.max_batch_len)
         elif hooks.loss_reduction == "sum":
@@ -95,18 +106,24 @@ class _Sink:
                 f"loss_reduction = {hooks.loss_reduction}. Only 'sum' and 'mean' losses are "
                 "supported"
             )
+        if not self._ghost():
+            return _per_sample.Plan(_per_sample.SAMPLES, scale)
         single = all(
             p._forward_counter == 1 and not hasattr(p, "_current_grad_sample")  # type: ignore[attr-defined]
             for p in tape.params
         )
-        if self._ghost() and hooks.use_ghost_clipping and single:
-            return _per_sample.NORMS, scale
-        return _per_sample.SAMPLES, scale
+        want = _per_sample.NORMS if hooks.use_ghost_clipping and single else _per_sample.SAMPLES
+        # Inside opacus's two-pass backward (DPTensorFastGradientClipping.backward) the first
+        # pass's p.grad is zeroed by optimizer.zero_grad() right after it: not computed then.
+        # A clipped second pass will follow: keep the records so that it can be replayed.
+        zeroed = getattr(hooks, _TWO_PASS, None)
+        sums = zeroed is None or not all(id(p) in zeroed for p in tape.params)
+        return _per_sample.Plan(want, scale, sums=sums, keep=True)
 
     def deliver(self, tape: _per_sample.ModuleTape, results: dict[int, Tensor]) -> None:
         hooks: Any = self.hooks()
         n = self.max_batch_len
-        norms = self.want(tape)[0] == _per_sample.NORMS
+        norms = self.plan(tape).want == _per_sample.NORMS
         for i, p in enumerate(tape.params):
             if norms:
                 p._norm_sample = results[i].sqrt()  # type: ignore[attr-defined]
@@ -141,20 +158,20 @@ def _accumulate(p: nn.Parameter, grad_sample: Tensor, max_batch_len: int) -> Non
     create_or_accumulate_grad_sample(param=p, grad_sample=grad_sample, max_batch_len=max_batch_len)
 
 
-def _lstm_forward(self: HandLSTM, input: Any, hx: Any = None) -> Any:
+def _lstm_forward(self: HandLSTM, input: Any, hx: Any = None, **kwargs: Any) -> Any:
     sink: _Sink = self.__dict__[_ATTR]
-    if not sink.active(self):
-        return type(self).forward(self, input, hx)
-    tape, result = _per_sample.lstm_forward(self, input, hx, sink)
+    if not isinstance(input, (Tensor, PackedSequence)) or not sink.active(self):
+        return type(self).forward(self, input, hx, **kwargs)
+    tape, _, result = _per_sample.lstm_forward(self, input, hx, sink, **kwargs)
     sink.forwarded(tape)
     return result
 
 
 def _cell_forward(self: HandLSTMCell, input: Tensor, hx: Any = None) -> Any:
     sink: _Sink = self.__dict__[_ATTR]
-    if not sink.active(self):
+    if not isinstance(input, Tensor) or not sink.active(self):
         return type(self).forward(self, input, hx)
-    tape, result = _per_sample.cell_forward(self, input, hx, sink)
+    tape, _, result = _per_sample.cell_forward(self, input, hx, sink)
     sink.forwarded(tape)
     return result
 
@@ -216,6 +233,19 @@ def install() -> None:
         _refuse(m, "ew")
         ew_init(self, m, *args, **kwargs)
 
+    two_pass = DPTensorFastGradientClipping.backward
+
+    def two_pass_marking(self: DPTensorFastGradientClipping) -> None:
+        hooks = self.module
+        before = hooks.__dict__.get(_TWO_PASS)
+        zeroed = {id(p) for p in getattr(self.optimizer, "params", ())}
+        object.__setattr__(hooks, _TWO_PASS, zeroed)
+        try:
+            two_pass(self)
+        finally:
+            object.__setattr__(hooks, _TWO_PASS, before)
+
+    DPTensorFastGradientClipping.backward = two_pass_marking  # type: ignore[method-assign]
     GradSampleHooks.add_hooks = add_hooks_adopting  # type: ignore[method-assign]
     GradSampleHooks.remove_hooks = remove_hooks_releasing  # type: ignore[method-assign]
     GradSampleModuleExpandedWeights.__init__ = ew_init_refusing  # type: ignore[method-assign]

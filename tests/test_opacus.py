@@ -155,6 +155,33 @@ def test_grad_sample_equals_per_example_autograd(kwargs, which, packed, embed, r
         torch.testing.assert_close(p.grad, total[name] * scale, **TOL, msg=name)
 
 
+def test_lengths_keyword_passes_through():
+    """``lstm(x, lengths=...)`` (beyond nn.LSTM) in per-sample mode: exact as well."""
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = HandLSTM(H_IN, H, batch_first=True, bidirectional=True)
+
+        def forward(self, x: Tensor, lengths: Tensor) -> tuple[object, Tensor, Tensor]:
+            out, (h, c) = self.lstm(x, lengths=lengths)
+            return out, h, c
+
+    torch.manual_seed(0)
+    model = Padded().to(DT)
+    reference = copy.deepcopy(model)
+    x = torch.randn(N, L, H_IN, dtype=DT)
+    lengths = torch.tensor([L, 2, 3])
+    losses = per_sample_loss(*reference(x, lengths), "all", True)
+    per_sample_loss(*GradSampleModule(model)(x, lengths), "all", True).mean().backward()
+    for i in range(N):
+        grads = torch.autograd.grad(losses[i], list(reference.parameters()), retain_graph=True)
+        for (name, p), g in zip(model.named_parameters(), grads, strict=True):
+            torch.testing.assert_close(p.grad_sample[i], g, **TOL, msg=name)
+            if i == 1:
+                assert p.grad_sample[i].abs().max() > 0, name
+
+
 @pytest.mark.parametrize("packed", [None, "unsorted"])
 def test_grad_sample_equals_independent_single_example_runs(packed):
     """Each example alone through an unhooked copy (its own forward, batch of one)."""
@@ -266,7 +293,13 @@ def test_unreached_layer_gets_zero_grad_samples():
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"bias": False, "cell_clip": 0.3, "gate_activation": torch.nn.functional.hardsigmoid}],
+    [
+        {},
+        {"bias": False, "cell_clip": 0.3, "gate_activation": torch.nn.functional.hardsigmoid},
+        {"peepholes": True},
+        {"layer_norm": True, "peepholes": True},
+        {"layer_norm": True, "bias": False},
+    ],
 )
 def test_cell_unrolled_in_a_python_loop(options):
     class Loop(nn.Module):
@@ -317,12 +350,43 @@ def test_variants_without_own_parameters(options):
 
 
 @pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"peepholes": True},
+        {"peepholes": True, "num_layers": 2, "bidirectional": True, "proj_size": 2},
+        {"peepholes": True, "batch_first": True, "bias": False},
+        {"layer_norm": True},
+        {"layer_norm": True, "num_layers": 2, "bidirectional": True, "proj_size": 2},
+        {"layer_norm": True, "peepholes": True, "bias": False, "batch_first": True},
+    ],
+)
+@pytest.mark.parametrize("packed", [None, "unsorted"])
+def test_variant_parameters_get_exact_per_sample_gradients(kwargs, packed):
+    """The variants' own parameters too: peepholes (weight_ci, weight_cf, weight_co), layer
+    norm gains and shifts (ln_weight_ih/hh/c, ln_bias_c; with layer norm the GEMM biases are
+    the input norm's shift)."""
+    torch.manual_seed(0)
+    model = Net(**kwargs).to(DT)
+    with torch.no_grad():  # nonzero peepholes (they start at 0)
+        for name, p in model.named_parameters():
+            if name.startswith(("lstm.weight_c", "lstm.ln_")):
+                p.normal_()
+    reference = copy.deepcopy(model)
+    bf = kwargs.get("batch_first", False)
+    x = make_input(bf, packed, False)
+    per, total = oracle(reference, x, "all", bf, seed=0)
+    run_hooked(model, x, "all", bf, "mean", seed=0)
+    check_grad_samples(model, per, total)
+    own = ("lstm.weight_c", "lstm.ln_")
+    assert any(n.startswith(own) and per[n].abs().max() > 0 for n in per)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, total[name] / N, **TOL, msg=name)
+
+
+@pytest.mark.parametrize(
     ("module", "option"),
     [
-        (lambda: HandLSTM(3, 4, layer_norm=True), "layer_norm"),
-        (lambda: HandLSTM(3, 4, peepholes=True), "peepholes"),
         (lambda: HandLSTM(3, 4, weight_drop=0.2), "weight_drop"),
-        (lambda: HandLSTMCell(3, 4, layer_norm=True), "layer_norm"),
     ],
 )
 def test_variants_with_own_parameters_are_refused_clearly(module, option):
@@ -365,6 +429,8 @@ def test_remove_hooks_restores_the_plain_module():
         ({}, "all", None),
         ({"num_layers": 2, "bidirectional": True, "proj_size": 2}, "all", "unsorted"),
         ({"batch_first": True, "bias": False}, "h_n", None),
+        ({"peepholes": True, "bidirectional": True}, "all", "unsorted"),
+        ({"layer_norm": True, "proj_size": 2}, "all", None),
     ],
 )
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -393,6 +459,24 @@ def test_ghost_gram_and_long_record_branches_agree(monkeypatch):
     torch.testing.assert_close(_per_sample._gram_norm2(d_out, x), expected, **TOL)
     monkeypatch.setattr(_per_sample, "_GRAM_RATIO", 0.0)
     torch.testing.assert_close(_per_sample._gram_norm2(d_out, x), expected, **TOL)
+
+
+def test_ghost_gram_norms_of_tiny_and_decaying_gradients():
+    """Gate gradients shrink geometrically back in time; whole samples can be tiny. The Gram
+    path rescales each sample by a power of two (exact) and drops entries below eps**2 of the
+    sample's largest: the norms still equal the materialised ones (relative 1e-12)."""
+    from handlstm import _per_sample
+
+    torch.manual_seed(0)
+    k, n = 12, 3
+    decay = torch.logspace(-190, 0, k, dtype=DT).view(k, 1, 1)  # step 0: 1e-190
+    d_out = torch.randn(k, n, 8, dtype=DT) * decay
+    d_out[:, 1] *= 1e-120  # a whole sample near the bottom of float64's range
+    x = torch.randn(k, n, 5, dtype=DT)
+    x[:, 2] *= 1e-100
+    expected = torch.einsum("kng,kni->ngi", d_out, x).flatten(1).pow(2).sum(1)
+    got = _per_sample._gram_norm2(d_out, x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
 
 
 def test_ghost_cell_loop_falls_back_to_fast_gradient_clipping():
