@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple, NoReturn, overload
@@ -14,6 +15,16 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _checks, _traced, _variants
 from ._options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
 from ._scan import DirectionWeights, ScanVariant, run_layer
+
+
+_ABSENT = object()
+
+
+@functools.cache
+def _direction_names(layer: int, direction: int) -> tuple[str, ...]:
+    """The parameter names of one layer and direction, in ``DirectionWeights`` order."""
+    suffix = "_reverse" if direction == 1 else ""
+    return tuple(f"{kind}_l{layer}{suffix}" for kind in DirectionWeights._fields)
 
 
 class LSTMStates(NamedTuple):
@@ -231,13 +242,19 @@ class HandLSTM(nn.Module):
     def _direction_weights(self, layer: int, direction: int) -> DirectionWeights:
         """This layer's and direction's parameters, None where absent.
 
-        Read through ``getattr`` at every call, so ``torch.func.functional_call`` and swapped
-        Parameters are seen.
+        Read afresh at every call, so ``torch.func.functional_call``, swapped Parameters and
+        parametrizations are seen: from ``self._parameters`` (where ``Module.__getattr__`` finds
+        a parameter, and where ``functional_call`` puts its tensors), through ``getattr`` for a
+        name that is not there (a parametrized weight is a property of the class).
         """
-        suffix = "_reverse" if direction == 1 else ""
-        found = [
-            getattr(self, f"{kind}_l{layer}{suffix}", None) for kind in DirectionWeights._fields
-        ]
+        params = self._parameters
+        found = []
+        for name in _direction_names(layer, direction):
+            value = params.get(name, _ABSENT)
+            if value is _ABSENT:  # absent (no bias, no projection), parametrized, or a buffer
+                elsewhere = hasattr(type(self), name) or name in self.__dict__
+                value = getattr(self, name, None) if elsewhere or name in self._buffers else None
+            found.append(value)
         return DirectionWeights(*found)  # type: ignore[arg-type]
 
     @property
@@ -248,7 +265,7 @@ class HandLSTM(nn.Module):
     @property
     def _first_weight(self) -> Tensor:
         """``weight_ih_l0``: what dtype and device checks compare with (one lookup per call)."""
-        return getattr(self, self._flat_weights_names[0])  # type: ignore[no-any-return]
+        return self._direction_weights(0, 0).weight_ih
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -468,19 +485,20 @@ class HandLSTM(nn.Module):
             _checks.check_hx_rank((h0, c0), batched)
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        _checks.check_input(x, input_dim, self.input_size, self._first_weight.dtype)
+        weight = self._first_weight
+        _checks.check_input(x, input_dim, self.input_size, weight.dtype)
         states = self.num_layers * self.num_directions
         expected_h = (states, batch, self.output_size)
-        expected_c = (states, batch, self.hidden_size)
         if hx is None:
-            _checks.check_devices(x, (), self._first_weight)
+            _checks.check_devices(x, (), weight)
             h0 = x.new_zeros(expected_h)
-            c0 = x.new_zeros(expected_c)
-            return h0, c0
+            if self.proj_size > 0:
+                return h0, x.new_zeros((states, batch, self.hidden_size))
+            return h0, h0  # one zero tensor for both (nothing writes into the initial states)
         _checks.check_hidden_size(h0, expected_h, 0)
-        _checks.check_hidden_size(c0, expected_c, 1)
+        _checks.check_hidden_size(c0, (states, batch, self.hidden_size), 1)
         _checks.check_hx_structure(hx, batched)
-        _checks.check_devices(x, (h0, c0), self._first_weight)
+        _checks.check_devices(x, (h0, c0), weight)
         _checks.check_hx_dtype(h0, x.dtype)
         return h0, c0
 
@@ -532,15 +550,13 @@ class HandLSTM(nn.Module):
                         weights[d], variants[d] = tape.direction(
                             weights[d], variants[d], batch_sizes
                         )
-            first = layer * count
+            if self.num_layers == 1:  # this layer's states are all of them: no slicing
+                layer_h0, layer_c0 = h0, c0
+            else:
+                first = layer * count
+                layer_h0, layer_c0 = h0[first : first + count], c0[first : first + count]
             out, h, c = run_layer(
-                layer_input,
-                batch_sizes,
-                h0[first : first + count],
-                c0[first : first + count],
-                weights,
-                variants,
-                lengths,
+                layer_input, batch_sizes, layer_h0, layer_c0, weights, variants, lengths
             )
             if records is not None:
                 for part, variant in zip(out.chunk(count, -1), variants, strict=True):
