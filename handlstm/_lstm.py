@@ -264,8 +264,16 @@ class HandLSTM(nn.Module):
 
     @property
     def _first_weight(self) -> Tensor:
-        """``weight_ih_l0``: what dtype and device checks compare with (one lookup per call)."""
+        """``weight_ih_l0``: what dtype and device checks compare with."""
         return self._direction_weights(0, 0).weight_ih
+
+    def _layer_weights(self) -> list[list[DirectionWeights]]:
+        """Every layer's parameters, per direction: read once per forward call."""
+        count = self.num_directions
+        return [
+            [self._direction_weights(layer, d) for d in range(count)]
+            for layer in range(self.num_layers)
+        ]
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -442,11 +450,14 @@ class HandLSTM(nn.Module):
         x = input if batched else input.unsqueeze(1)  # (L, N, H_in) or (N, L, H_in)
         if batched and self.batch_first:
             x = x.transpose(0, 1)  # (L, N, H_in)
-        h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3)
+        weights = self._layer_weights()
+        h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3, weights[0][0].weight_ih)
         _checks.check_sequence_length(x.size(0))
         if lengths is not None:
             _traced.check_length_values(lengths, x.size(0), x.size(1))
-        output, h_n, c_n = self._run_layers(x, None, h0, c0, records, lengths)  # (L, N, D*H_out)
+        output, h_n, c_n = self._run_layers(
+            x, None, h0, c0, weights, records, lengths
+        )  # (L, N, D*H_out)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -460,12 +471,14 @@ class HandLSTM(nn.Module):
         records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        sizes = _checks.check_packed(input, hx, self.input_size, self._first_weight.dtype)
-        h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
+        weights = self._layer_weights()
+        first = weights[0][0].weight_ih
+        sizes = _checks.check_packed(input, hx, self.input_size, first.dtype)
+        h0, c0 = self._initial_state(hx, data, sizes[0], True, 2, first)
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
             c0 = c0.index_select(1, sorted_indices)
-        output, h_n, c_n = self._run_layers(data, sizes, h0, c0, records)  # (sum(B_t), D*H_out)
+        output, h_n, c_n = self._run_layers(data, sizes, h0, c0, weights, records)
         if unsorted_indices is not None:
             h_n = h_n.index_select(1, unsorted_indices)
             c_n = c_n.index_select(1, unsorted_indices)
@@ -473,10 +486,11 @@ class HandLSTM(nn.Module):
         return packed, (h_n, c_n)
 
     def _initial_state(
-        self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int
+        self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int, weight: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Validate ``hx`` and ``x`` in nn.LSTM's order; zeros when ``hx`` is None.
 
+        ``weight`` is ``weight_ih_l0`` (what the dtype and device checks compare with).
         Returns ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
         ``(D*num_layers, N, H_cell)``.
         """
@@ -485,7 +499,6 @@ class HandLSTM(nn.Module):
             _checks.check_hx_rank((h0, c0), batched)
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        weight = self._first_weight
         _checks.check_input(x, input_dim, self.input_size, weight.dtype)
         states = self.num_layers * self.num_directions
         expected_h = (states, batch, self.output_size)
@@ -508,6 +521,7 @@ class HandLSTM(nn.Module):
         batch_sizes: list[int] | None,
         h0: Tensor,
         c0: Tensor,
+        weights: list[list[DirectionWeights]],
         records: list[tuple[Tensor, ScanVariant]] | None = None,
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -517,6 +531,7 @@ class HandLSTM(nn.Module):
             x: ``(L, N, H_in)`` or packed ``(sum(B_t), H_in)``.
             batch_sizes: packed batch sizes or None.
             h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
+            weights: ``_layer_weights()``, read once for this call.
             records: if a list, each (layer, direction) appends its output and its recorded
                 :class:`ScanVariant` (per-step cells and gates).
             lengths: dense input only, ``(N,)`` valid steps per sequence, or None.
@@ -532,9 +547,10 @@ class HandLSTM(nn.Module):
         tape = self.__dict__.get("_per_sample_tape")  # set by _per_sample for one opacus call
         with_variant = records is not None or not self._options_default() or tape is not None
         for layer in range(self.num_layers):
-            weights = [self._direction_weights(layer, d) for d in range(count)]
             variants: list[ScanVariant | None] = [None] * count
+            layer_weights = weights[layer]
             if with_variant:
+                layer_weights = list(layer_weights)
                 layer_input = _variants.input_dropout(
                     layer_input,
                     batch_sizes,
@@ -543,12 +559,12 @@ class HandLSTM(nn.Module):
                     f"_l{layer}",
                 )
                 for d in range(count):
-                    weights[d], variants[d] = self._direction_variant(
-                        weights[d], layer, d, layer_input, batch_sizes, records is not None
+                    layer_weights[d], variants[d] = self._direction_variant(
+                        layer_weights[d], layer, d, layer_input, batch_sizes, records is not None
                     )
                     if tape is not None:
-                        weights[d], variants[d] = tape.direction(
-                            weights[d], variants[d], batch_sizes
+                        layer_weights[d], variants[d] = tape.direction(
+                            layer_weights[d], variants[d], batch_sizes
                         )
             if self.num_layers == 1:  # this layer's states are all of them: no slicing
                 layer_h0, layer_c0 = h0, c0
@@ -556,7 +572,7 @@ class HandLSTM(nn.Module):
                 first = layer * count
                 layer_h0, layer_c0 = h0[first : first + count], c0[first : first + count]
             out, h, c = run_layer(
-                layer_input, batch_sizes, layer_h0, layer_c0, weights, variants, lengths
+                layer_input, batch_sizes, layer_h0, layer_c0, layer_weights, variants, lengths
             )
             if records is not None:
                 for part, variant in zip(out.chunk(count, -1), variants, strict=True):
