@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple, NoReturn, overload
@@ -15,16 +14,6 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _checks, _traced, _variants
 from ._options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
 from ._scan import DirectionWeights, ScanVariant, run_layer
-
-
-_ABSENT = object()
-
-
-@functools.cache
-def _direction_names(layer: int, direction: int) -> tuple[str, ...]:
-    """The parameter names of one layer and direction, in ``DirectionWeights`` order."""
-    suffix = "_reverse" if direction == 1 else ""
-    return tuple(f"{kind}_l{layer}{suffix}" for kind in DirectionWeights._fields)
 
 
 class LSTMStates(NamedTuple):
@@ -240,22 +229,46 @@ class HandLSTM(nn.Module):
         }[kind]
 
     def _direction_weights(self, layer: int, direction: int) -> DirectionWeights:
-        """This layer's and direction's parameters, None where absent.
+        """This layer's and direction's parameters, None where absent (see ``_layer_weights``)."""
+        return self._read_weights(self._weight_names()[layer][direction])
 
-        Read afresh at every call, so ``torch.func.functional_call``, swapped Parameters and
-        parametrizations are seen: from ``self._parameters`` (where ``Module.__getattr__`` finds
-        a parameter, and where ``functional_call`` puts its tensors), through ``getattr`` for a
-        name that is not there (a parametrized weight is a property of the class).
-        """
+    def _weight_names(self) -> list[list[tuple[str | None, ...]]]:
+        """Per layer and direction, the names of its ``DirectionWeights`` fields (None for a
+        kind the configuration does not have: no bias, no projection), as registered by
+        ``__init__``. Structure only (like ``_flat_weights_names``), so it is kept once."""
+        table = self.__dict__.get("_weight_names_table")
+        if table is None:
+            registered = set(self._flat_weights_names)
+            table = [[] for _ in range(self.num_layers)]
+            for layer, direction in self._layers_and_directions():
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                names = [kind + suffix for kind in DirectionWeights._fields]
+                table[layer].append(tuple(n if n in registered else None for n in names))
+            self.__dict__["_weight_names_table"] = table
+        return table  # type: ignore[no-any-return]
+
+    def _read_weights(self, names: tuple[str | None, ...]) -> DirectionWeights:
+        """The parameters named ``names``, read afresh: from ``self._parameters`` (where
+        ``Module.__getattr__`` finds them, and where ``torch.func.functional_call`` and
+        ``load_state_dict(assign=True)`` put their tensors), else through ``getattr`` (a
+        parametrized weight is a property of the class; a deleted one is None)."""
         params = self._parameters
-        found = []
-        for name in _direction_names(layer, direction):
-            value = params.get(name, _ABSENT)
-            if value is _ABSENT:  # absent (no bias, no projection), parametrized, or a buffer
-                elsewhere = hasattr(type(self), name) or name in self.__dict__
-                value = getattr(self, name, None) if elsewhere or name in self._buffers else None
-            found.append(value)
+        try:
+            found = [None if name is None else params[name] for name in names]
+        except KeyError:
+            found = [None if name is None else getattr(self, name, None) for name in names]
         return DirectionWeights(*found)  # type: ignore[arg-type]
+
+    @property
+    def _first_weight(self) -> Tensor:
+        """``weight_ih_l0``: what dtype and device checks compare with."""
+        return self._direction_weights(0, 0).weight_ih
+
+    def _layer_weights(self) -> list[list[DirectionWeights]]:
+        """Every layer's parameters, per direction, read once per forward call (nothing
+        derived from them is kept across calls)."""
+        read = self._read_weights
+        return [[read(names) for names in layer] for layer in self._weight_names()]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -398,7 +411,8 @@ class HandLSTM(nn.Module):
             >>> output.shape, h_n.shape                             # (N, L, H_out), (1, N, H_out)
             (torch.Size([2, 5, 3]), torch.Size([1, 2, 3]))
         """
-        _traced.check_not_torchscript()
+        if torch._C._is_tracing():  # torch.jit.trace (torch.jit.is_tracing() without its frames)
+            _traced.check_not_torchscript()
         if lengths is None:
             return self._forward(input, hx, None)
         return self._forward(input, hx, None, _traced.check_lengths(input, lengths))
@@ -445,19 +459,27 @@ class HandLSTM(nn.Module):
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, records)
-        _checks.check_input_rank(input)
         batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)  # (L, N, H_in) or (N, L, H_in)
-        if batched and self.batch_first:
-            x = x.transpose(0, 1)  # (L, N, H_in)
+        if not batched:
+            _checks.check_input_rank(input)
+            x = input.unsqueeze(1)  # (L, N, H_in)
+        elif self.batch_first:
+            x = input.transpose(0, 1)  # (L, N, H_in)
+        else:
+            x = input
         weights = self._layer_weights()
-        h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3, weights[0][0].weight_ih)
-        _checks.check_sequence_length(x.size(0))
+        steps, batch = x.shape[:2]
+        weight = weights[0][0].weight_ih
+        if hx is None and self.proj_size == 0 and self._fine_input(x, weight):
+            states = self.num_layers * (2 if self.bidirectional else 1)
+            h0 = c0 = x.new_zeros((states, batch, self.hidden_size))  # nothing writes into them
+        else:
+            h0, c0 = self._initial_state(hx, x, batch, batched, 3, weight)
+        if steps == 0:
+            _checks.check_sequence_length(steps)
         if lengths is not None:
-            _traced.check_length_values(lengths, x.size(0), x.size(1))
-        output, h_n, c_n = self._run_layers(
-            x, None, h0, c0, weights, records, lengths
-        )  # (L, N, D*H_out)
+            _traced.check_length_values(lengths, steps, batch)
+        output, h_n, c_n = self._run_layers(x, None, h0, c0, weights, records, lengths)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -485,6 +507,13 @@ class HandLSTM(nn.Module):
         packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
         return packed, (h_n, c_n)
 
+    def _fine_input(self, x: Tensor, weight: Tensor) -> bool:
+        """Whether ``_initial_state``'s checks of (dense, time-major) ``x`` would all pass: the
+        common case's test, without its calls (the checks raise otherwise)."""
+        return (
+            x.dtype == weight.dtype and x.size(-1) == self.input_size and x.device == weight.device
+        )
+
     def _initial_state(
         self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int, weight: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -499,11 +528,13 @@ class HandLSTM(nn.Module):
             _checks.check_hx_rank((h0, c0), batched)
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        _checks.check_input(x, input_dim, self.input_size, weight.dtype)
-        states = self.num_layers * self.num_directions
-        expected_h = (states, batch, self.output_size)
+        if x.dtype != weight.dtype or x.dim() != input_dim or x.size(-1) != self.input_size:
+            _checks.check_input(x, input_dim, self.input_size, weight.dtype)  # raises (or autocast)
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        expected_h = (states, batch, self.proj_size if self.proj_size > 0 else self.hidden_size)
         if hx is None:
-            _checks.check_devices(x, (), weight)
+            if x.device != weight.device:
+                _checks.check_devices(x, (), weight)  # raises
             h0 = x.new_zeros(expected_h)
             if self.proj_size > 0:
                 return h0, x.new_zeros((states, batch, self.hidden_size))
@@ -540,12 +571,14 @@ class HandLSTM(nn.Module):
             ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
             features, and the stacked final states.
         """
-        h_n: list[Tensor] = []
-        c_n: list[Tensor] = []
-        layer_input = x
         count = self.num_directions
         tape = self.__dict__.get("_per_sample_tape")  # set by _per_sample for one opacus call
         with_variant = records is not None or not self._options_default() or tape is not None
+        if self.num_layers == 1 and not with_variant:  # the loop below for one plain layer
+            return run_layer(x, batch_sizes, h0, c0, weights[0], [None] * count, lengths)
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        layer_input = x
         for layer in range(self.num_layers):
             variants: list[ScanVariant | None] = [None] * count
             layer_weights = weights[layer]
