@@ -276,19 +276,6 @@ class HandLSTM(nn.Module):
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     @property
-    def _first_weight(self) -> Tensor:
-        """``weight_ih_l0``: what dtype and device checks compare with."""
-        return self._direction_weights(0, 0).weight_ih
-
-    def _layer_weights(self) -> list[list[DirectionWeights]]:
-        """Every layer's parameters, per direction: read once per forward call."""
-        count = self.num_directions
-        return [
-            [self._direction_weights(layer, d) for d in range(count)]
-            for layer in range(self.num_layers)
-        ]
-
-    @property
     def _flat_weights(self) -> list[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
 
