@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator
 from typing import Any, NamedTuple, NoReturn, overload
 
@@ -266,9 +267,42 @@ class HandLSTM(nn.Module):
 
     def _layer_weights(self) -> list[list[DirectionWeights]]:
         """Every layer's parameters, per direction, read once per forward call (nothing
-        derived from them is kept across calls)."""
-        read = self._read_weights
-        return [[read(names) for names in layer] for layer in self._weight_names()]
+        derived from them is kept across calls).
+
+        All of them come out of ``self._parameters`` in one ``itemgetter`` call over
+        ``_flat_weights_names`` (nn.LSTM's order, which is ``DirectionWeights``' order with
+        absent kinds left out); a name not there (a parametrized weight) falls back to
+        :meth:`_read_weights`.
+        """
+        getter = self.__dict__.get("_flat_weights_getter")
+        if getter is None:
+            getter = operator.itemgetter(*self._flat_weights_names)  # at least 2 names
+            self.__dict__["_flat_weights_getter"] = getter
+        try:
+            values = getter(self._parameters)
+        except KeyError:
+            return [
+                [self._read_weights(names) for names in layer] for layer in self._weight_names()
+            ]
+        count, total = self.num_directions, len(values)
+        kinds = total // (self.num_layers * count)  # per direction: 2 to 5
+        if kinds == 5:
+            found = [DirectionWeights._make(values[i : i + 5]) for i in range(0, total, 5)]
+        elif kinds == 4:  # bias, no projection
+            found = [DirectionWeights._make((*values[i : i + 4], None)) for i in range(0, total, 4)]
+        elif kinds == 2:  # no bias, no projection
+            found = [
+                DirectionWeights(values[i], values[i + 1], None, None, None)
+                for i in range(0, total, 2)
+            ]
+        else:  # no bias, projection
+            found = [
+                DirectionWeights(values[i], values[i + 1], None, None, values[i + 2])
+                for i in range(0, total, 3)
+            ]
+        if len(found) == 1:
+            return [found]
+        return [found[first : first + count] for first in range(0, len(found), count)]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -398,8 +432,7 @@ class HandLSTM(nn.Module):
             >>> output.shape, h_n.shape                             # (N, L, H_out), (1, N, H_out)
             (torch.Size([2, 5, 3]), torch.Size([1, 2, 3]))
         """
-        if torch._C._is_tracing():  # torch.jit.trace (torch.jit.is_tracing() without its frames)
-            _traced.check_not_torchscript()
+        _traced.check_not_torchscript()
         if lengths is None:
             return self._forward(input, hx, None)
         return self._forward(input, hx, None, _traced.check_lengths(input, lengths))

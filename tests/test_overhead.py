@@ -29,6 +29,8 @@ CONFIGS = {
     "proj": dict(input_size=3, hidden_size=4, proj_size=2),
     "2L-bi": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True),
     "no-bias": dict(input_size=3, hidden_size=4, bias=False),
+    "no-bias-proj": dict(input_size=3, hidden_size=4, bias=False, proj_size=3),
+    "2L-bi-proj": dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2),
 }
 
 
