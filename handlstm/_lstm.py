@@ -284,7 +284,10 @@ class HandLSTM(nn.Module):
             return [
                 [self._read_weights(names) for names in layer] for layer in self._weight_names()
             ]
-        count, total = self.num_directions, len(values)
+        total = len(values)
+        if total == 4 and self.bias:  # one layer and direction, no projection: the common case
+            return [[DirectionWeights(values[0], values[1], values[2], values[3], None)]]
+        count = self.num_directions
         kinds = total // (self.num_layers * count)  # per direction: 2 to 5
         if kinds == 5:
             found = [DirectionWeights._make(values[i : i + 5]) for i in range(0, total, 5)]
@@ -490,7 +493,13 @@ class HandLSTM(nn.Module):
         weights = self._layer_weights()
         steps, batch = x.shape[:2]
         weight = weights[0][0].weight_ih
-        if hx is None and self.proj_size == 0 and self._fine_input(x, weight):
+        if (  # the common case, tested without calls (else _initial_state checks, and raises)
+            hx is None
+            and self.proj_size == 0
+            and x.dtype == weight.dtype
+            and x.size(2) == self.input_size
+            and x.device == weight.device
+        ):
             states = self.num_layers * (2 if self.bidirectional else 1)
             h0 = c0 = x.new_zeros((states, batch, self.hidden_size))  # nothing writes into them
         else:
@@ -526,13 +535,6 @@ class HandLSTM(nn.Module):
             c_n = c_n.index_select(1, unsorted_indices)
         packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
         return packed, (h_n, c_n)
-
-    def _fine_input(self, x: Tensor, weight: Tensor) -> bool:
-        """Whether ``_initial_state``'s checks of (dense, time-major) ``x`` would all pass: the
-        common case's test, without its calls (the checks raise otherwise)."""
-        return (
-            x.dtype == weight.dtype and x.size(-1) == self.input_size and x.device == weight.device
-        )
 
     def _initial_state(
         self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int, weight: Tensor
