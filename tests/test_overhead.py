@@ -11,6 +11,8 @@ the paths these shortcuts serve: ``hx=None``, one step and several, with and wit
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from collections.abc import Callable
 
 import pytest
@@ -19,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
-from handlstm import HandLSTM
+from handlstm import HandLSTM, HandLSTMCell, LSTMOptions
 from handlstm.testing import assert_lstm_close
 
 F64 = torch.float64
@@ -244,3 +246,97 @@ def test_hx_none_matches_explicit_zeros_and_nn_lstm() -> None:
     zeros = torch.zeros(4, 2, 4, dtype=F64)
     assert_lstm_close(module, expected, x)
     assert_lstm_close(module, expected, x, (zeros, zeros.clone()))
+
+
+# -- HandLSTMCell: its parameters read once per call, from _parameters ---------------------------
+
+
+def cell_oracle(cell: HandLSTMCell) -> nn.LSTMCell:
+    expected = nn.LSTMCell(cell.input_size, cell.hidden_size, bias=cell.bias, dtype=F64)
+    for name, param in expected.named_parameters():
+        current = getattr(cell, name)
+        with torch.no_grad():
+            param.copy_(current)
+        param.requires_grad_(current.requires_grad)
+    return expected
+
+
+def assert_cell_current(cell: HandLSTMCell) -> None:
+    expected = cell_oracle(cell)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, generator=gen, dtype=F64)
+    hx = (torch.randn(2, 4, generator=gen, dtype=F64), torch.randn(2, 4, generator=gen, dtype=F64))
+    for state in (None, hx):
+        results = []
+        for module in (cell, expected):
+            module.zero_grad(set_to_none=True)
+            h, c = module(x) if state is None else module(x, state)
+            (h.sum() + 2 * c.sum()).backward()
+            results.append((h.detach(), c.detach()))
+        torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-10)
+        for name, param in expected.named_parameters():
+            want = param.grad
+            if parametrize.is_parametrized(cell, name):  # Doubled: d/d original = 2 d/d weight
+                mine = cell.parametrizations[name].original.grad
+                want = None if want is None else 2 * want
+            else:
+                mine = getattr(cell, name).grad
+            assert (mine is None) == (want is None), name
+            if mine is not None:
+                torch.testing.assert_close(mine, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def cell_changes(cell: HandLSTMCell, change: str) -> None:
+    gen = torch.Generator().manual_seed(11)
+    new = {n: torch.randn(p.shape, generator=gen, dtype=F64) for n, p in cell.named_parameters()}
+    if change == "in-place":
+        with torch.no_grad():
+            cell.weight_hh.mul_(-2.0)
+    elif change == "swap-parameter":
+        cell.weight_ih = nn.Parameter(new["weight_ih"])
+    elif change == "load_state_dict-assign":
+        cell.load_state_dict({k: nn.Parameter(v) for k, v in new.items()}, assign=True)
+    elif change == "requires_grad_":
+        cell.weight_hh.requires_grad_(False)
+    elif change == "parametrize":
+        parametrize.register_parametrization(cell, "weight_hh", Doubled())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    "change",
+    ["in-place", "swap-parameter", "load_state_dict-assign", "requires_grad_", "parametrize"],
+)
+def test_cell_no_stale_parameters_after_a_change(change: str, bias: bool) -> None:
+    torch.manual_seed(0)
+    cell = HandLSTMCell(3, 4, bias=bias, dtype=F64)
+    cell(torch.randn(2, 3, dtype=F64))[0].sum().backward()  # warm up
+    assert_cell_current(cell)
+    cell_changes(cell, change)
+    assert_cell_current(cell)
+
+
+def test_cell_functional_call_sees_the_given_tensors() -> None:
+    torch.manual_seed(0)
+    cell = HandLSTMCell(3, 4, dtype=F64)
+    cell(torch.randn(2, 3, dtype=F64))
+    new = {n: torch.randn(p.shape, dtype=F64) for n, p in cell.named_parameters()}
+    x = torch.randn(2, 3, dtype=F64)
+    expected = cell_oracle(cell)
+    expected.load_state_dict(new)
+    torch.testing.assert_close(functional_call(cell, new, (x,)), expected(x), rtol=1e-10, atol=0)
+
+
+def test_options_is_default_is_kept_per_object_without_changing_it() -> None:
+    """``LSTMOptions.is_default`` is worked out once per (frozen) object: equality, hashing,
+    repr, pickling and ``dataclasses.replace`` are those of the fields alone."""
+    plain, varied = LSTMOptions(), LSTMOptions(layer_norm=True)
+    assert plain.is_default and plain.is_default
+    assert not varied.is_default
+    fresh = LSTMOptions()
+    assert plain == fresh and hash(plain) == hash(fresh) and repr(plain) == repr(fresh)
+    assert not dataclasses.replace(plain, peepholes=True).is_default
+    assert dataclasses.replace(varied, layer_norm=False).is_default
+    assert pickle.loads(pickle.dumps(varied)) == varied
+    assert not pickle.loads(pickle.dumps(varied)).is_default
+    assert LSTMOptions(forget_bias=1.0).is_default  # init-only
