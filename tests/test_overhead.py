@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrize, prune
 
 from handlstm import HandLSTM, HandLSTMCell, LSTMOptions
 from handlstm.testing import assert_lstm_close
@@ -340,3 +340,26 @@ def test_options_is_default_is_kept_per_object_without_changing_it() -> None:
     assert pickle.loads(pickle.dumps(varied)) == varied
     assert not pickle.loads(pickle.dumps(varied)).is_default
     assert LSTMOptions(forget_bias=1.0).is_default  # init-only
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_pruned_weight_is_the_masked_one(steps: int) -> None:
+    """``torch.nn.utils.prune`` moves the parameter to ``<name>_orig`` and sets the masked weight
+    as a plain attribute (not in ``_parameters``): forward must use that, and it changes with
+    the mask."""
+    module, _ = make_pair(CONFIGS["2L-bi"])
+    warm(module)
+    prune.random_unstructured(module, "weight_hh_l1_reverse", amount=0.5)
+    assert "weight_hh_l1_reverse" not in module._parameters
+    x = torch.randn(steps, 2, 3, dtype=F64)
+    torch.testing.assert_close(module(x), oracle(module)(x), rtol=1e-10, atol=1e-10)
+    out, _ = module(x)
+    out.sum().backward()
+    expected = oracle(module)
+    expected(x)[0].sum().backward()
+    mask = module.weight_hh_l1_reverse_mask
+    torch.testing.assert_close(
+        module.weight_hh_l1_reverse_orig.grad, expected.weight_hh_l1_reverse.grad * mask
+    )
+    prune.remove(module, "weight_hh_l1_reverse")  # back to a Parameter in _parameters
+    assert_current(module, steps)
