@@ -51,15 +51,20 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils import benchmark
 
-from handlstm import HandLSTM
+# This checkout's handlstm, not whichever one is installed (an editable install of another
+# checkout would otherwise be timed): the repository root goes first on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import handlstm  # noqa: E402
+from handlstm import HandLSTM  # noqa: E402
 
 try:
-    from handlstm import _fast
+    from handlstm import _fast  # noqa: E402
 except ImportError:  # pragma: no cover - before the fast path existed
     _fast = None  # type: ignore[assignment]
 
 try:
-    from opacus.layers import DPLSTM
+    from opacus.layers import DPLSTM  # noqa: E402
 except Exception:  # noqa: BLE001 - any import failure means "not installed"
     DPLSTM = None
 
@@ -525,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
         f"loadavg {info['loadavg']}, {info['date_utc']} UTC"
     )
+    print(f"handlstm timed: {Path(handlstm.__file__).parent}")
     if DPLSTM is None:
         print("opacus is not installed: DPLSTM skipped (pip install opacus)")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
 import torch.nn.functional as F
@@ -174,24 +174,35 @@ class HandLSTMCell(nn.Module):
             >>> h.shape
             torch.Size([2, 3])
         """
-        x, h0, c0, batched = self._batched_inputs(input, hx)
+        params = self._parameters  # read once per call (a name not there: through getattr)
+        try:
+            w_ih, w_hh = cast(Tensor, params["weight_ih"]), cast(Tensor, params["weight_hh"])
+            b_ih, b_hh = params["bias_ih"], params["bias_hh"]
+        except KeyError:  # parametrized, or a replica's plain attribute
+            w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        x, h0, c0, batched = self._batched_inputs(input, hx, w_ih)
         bias = None
-        if self.bias_ih is not None and self.bias_hh is not None:
-            bias = self.bias_ih + self.bias_hh  # (4*H,)
+        if b_ih is not None and b_hh is not None:
+            bias = b_ih + b_hh  # (4*H,)
         if self.options.is_default:
-            gates_x = F.linear(x, self.weight_ih, bias)  # (N, 4*H)
-            h1, c1 = lstm_step(gates_x, h0, c0, self.weight_hh, None)
+            gates_x = F.linear(x, w_ih, bias)  # (N, 4*H)
+            h1, c1 = lstm_step(gates_x, h0, c0, w_hh, None)
         else:
             h1, c1 = self._variant_step(x, h0, c0, bias)
         if not batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1
 
-    def _batched_inputs(self, input: Tensor, hx: Any) -> tuple[Tensor, Tensor, Tensor, bool]:
+    def _batched_inputs(
+        self, input: Tensor, hx: Any, weight_ih: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, bool]:
         """Check ``input`` and ``hx`` as nn.LSTMCell does; ``(x, h_0, c_0, batched)`` with a batch
-        axis, ``(N, H_in)``, ``(N, H)``, ``(N, H)`` (zeros when ``hx`` is None)."""
+        axis, ``(N, H_in)``, ``(N, H)``, ``(N, H)`` (zeros when ``hx`` is None).
+
+        ``weight_ih``: this call's ``self.weight_ih`` if the caller has read it already."""
+        weight = self.weight_ih if weight_ih is None else weight_ih
         h0, c0 = _checks.check_cell_forward(
-            input, hx, self.input_size, self.hidden_size, self.weight_ih.dtype, self.weight_ih
+            input, hx, self.input_size, self.hidden_size, weight.dtype, weight
         )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)  # (N, H_in)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator
 from typing import Any, NamedTuple, NoReturn, overload
 
@@ -229,26 +230,87 @@ class HandLSTM(nn.Module):
         }[kind]
 
     def _direction_weights(self, layer: int, direction: int) -> DirectionWeights:
-        """This layer's and direction's parameters, None where absent.
+        """This layer's and direction's parameters, None where absent (see ``_layer_weights``)."""
+        return self._read_weights(self._weight_names()[layer][direction])
 
-        Read through ``getattr`` at every call, so ``torch.func.functional_call`` and swapped
-        Parameters are seen.
-        """
-        suffix = "_reverse" if direction == 1 else ""
-        found = [
-            getattr(self, f"{kind}_l{layer}{suffix}", None) for kind in DirectionWeights._fields
-        ]
+    def _weight_names(self) -> list[list[tuple[str | None, ...]]]:
+        """Per layer and direction, the names of its ``DirectionWeights`` fields (None for a
+        kind the configuration does not have: no bias, no projection), as registered by
+        ``__init__``. Structure only (like ``_flat_weights_names``), so it is kept once."""
+        table = self.__dict__.get("_weight_names_table")
+        if table is None:
+            registered = set(self._flat_weights_names)
+            table = [[] for _ in range(self.num_layers)]
+            for layer, direction in self._layers_and_directions():
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                names = [kind + suffix for kind in DirectionWeights._fields]
+                table[layer].append(tuple(n if n in registered else None for n in names))
+            self.__dict__["_weight_names_table"] = table
+        return table  # type: ignore[no-any-return]
+
+    def _read_weights(self, names: tuple[str | None, ...]) -> DirectionWeights:
+        """The parameters named ``names``, read afresh: from ``self._parameters`` (where
+        ``Module.__getattr__`` finds them, and where ``torch.func.functional_call`` and
+        ``load_state_dict(assign=True)`` put their tensors), else through ``getattr`` (a
+        parametrized weight is a property of the class; a deleted one is None)."""
+        params = self._parameters
+        try:
+            found = [None if name is None else params[name] for name in names]
+        except KeyError:
+            found = [None if name is None else getattr(self, name, None) for name in names]
         return DirectionWeights(*found)  # type: ignore[arg-type]
+
+    @property
+    def _first_weight(self) -> Tensor:
+        """``weight_ih_l0``: what dtype and device checks compare with."""
+        return self._direction_weights(0, 0).weight_ih
+
+    def _layer_weights(self) -> list[list[DirectionWeights]]:
+        """Every layer's parameters, per direction, read once per forward call (nothing
+        derived from them is kept across calls).
+
+        All of them come out of ``self._parameters`` in one ``itemgetter`` call over
+        ``_flat_weights_names`` (nn.LSTM's order, which is ``DirectionWeights``' order with
+        absent kinds left out); a name not there (a parametrized weight) falls back to
+        :meth:`_read_weights`.
+        """
+        getter = self.__dict__.get("_flat_weights_getter")
+        if getter is None:
+            getter = operator.itemgetter(*self._flat_weights_names)  # at least 2 names
+            self.__dict__["_flat_weights_getter"] = getter
+        try:
+            values = getter(self._parameters)
+        except KeyError:
+            return [
+                [self._read_weights(names) for names in layer] for layer in self._weight_names()
+            ]
+        total = len(values)
+        if total == 4 and self.bias:  # one layer and direction, no projection: the common case
+            return [[DirectionWeights(values[0], values[1], values[2], values[3], None)]]
+        count = self.num_directions
+        kinds = total // (self.num_layers * count)  # per direction: 2 to 5
+        if kinds == 5:
+            found = [DirectionWeights._make(values[i : i + 5]) for i in range(0, total, 5)]
+        elif kinds == 4:  # bias, no projection
+            found = [DirectionWeights._make((*values[i : i + 4], None)) for i in range(0, total, 4)]
+        elif kinds == 2:  # no bias, no projection
+            found = [
+                DirectionWeights(values[i], values[i + 1], None, None, None)
+                for i in range(0, total, 2)
+            ]
+        else:  # no bias, projection
+            found = [
+                DirectionWeights(values[i], values[i + 1], None, None, values[i + 2])
+                for i in range(0, total, 3)
+            ]
+        if len(found) == 1:
+            return [found]
+        return [found[first : first + count] for first in range(0, len(found), count)]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
         """Parameters grouped per (layer, direction), as ``nn.LSTM.all_weights``."""
         return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    @property
-    def _first_weight(self) -> Tensor:
-        """``weight_ih_l0``: what dtype and device checks compare with (one lookup per call)."""
-        return getattr(self, self._flat_weights_names[0])  # type: ignore[no-any-return]
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -420,16 +482,33 @@ class HandLSTM(nn.Module):
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, records)
-        _checks.check_input_rank(input)
         batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)  # (L, N, H_in) or (N, L, H_in)
-        if batched and self.batch_first:
-            x = x.transpose(0, 1)  # (L, N, H_in)
-        h0, c0 = self._initial_state(hx, x, x.size(1), batched, 3)
-        _checks.check_sequence_length(x.size(0))
+        if not batched:
+            _checks.check_input_rank(input)
+            x = input.unsqueeze(1)  # (L, N, H_in)
+        elif self.batch_first:
+            x = input.transpose(0, 1)  # (L, N, H_in)
+        else:
+            x = input
+        weights = self._layer_weights()
+        steps, batch = x.shape[:2]
+        weight = weights[0][0].weight_ih
+        if (  # the common case, tested without calls (else _initial_state checks, and raises)
+            hx is None
+            and self.proj_size == 0
+            and x.dtype == weight.dtype
+            and x.size(2) == self.input_size
+            and x.device == weight.device
+        ):
+            states = self.num_layers * (2 if self.bidirectional else 1)
+            h0 = c0 = x.new_zeros((states, batch, self.hidden_size))  # nothing writes into them
+        else:
+            h0, c0 = self._initial_state(hx, x, batch, batched, 3, weight)
+        if steps == 0:
+            _checks.check_sequence_length(steps)
         if lengths is not None:
-            _traced.check_length_values(lengths, x.size(0), x.size(1))
-        output, h_n, c_n = self._run_layers(x, None, h0, c0, records, lengths)  # (L, N, D*H_out)
+            _traced.check_length_values(lengths, steps, batch)
+        output, h_n, c_n = self._run_layers(x, None, h0, c0, weights, records, lengths)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -443,12 +522,14 @@ class HandLSTM(nn.Module):
         records: list[tuple[Tensor, ScanVariant]] | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        sizes = _checks.check_packed(input, hx, self.input_size, self._first_weight.dtype)
-        h0, c0 = self._initial_state(hx, data, sizes[0], True, 2)
+        weights = self._layer_weights()
+        first = weights[0][0].weight_ih
+        sizes = _checks.check_packed(input, hx, self.input_size, first.dtype)
+        h0, c0 = self._initial_state(hx, data, sizes[0], True, 2, first)
         if sorted_indices is not None:
             h0 = h0.index_select(1, sorted_indices)
             c0 = c0.index_select(1, sorted_indices)
-        output, h_n, c_n = self._run_layers(data, sizes, h0, c0, records)  # (sum(B_t), D*H_out)
+        output, h_n, c_n = self._run_layers(data, sizes, h0, c0, weights, records)
         if unsorted_indices is not None:
             h_n = h_n.index_select(1, unsorted_indices)
             c_n = c_n.index_select(1, unsorted_indices)
@@ -456,10 +537,11 @@ class HandLSTM(nn.Module):
         return packed, (h_n, c_n)
 
     def _initial_state(
-        self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int
+        self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int, weight: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Validate ``hx`` and ``x`` in nn.LSTM's order; zeros when ``hx`` is None.
 
+        ``weight`` is ``weight_ih_l0`` (what the dtype and device checks compare with).
         Returns ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
         ``(D*num_layers, N, H_cell)``.
         """
@@ -468,19 +550,21 @@ class HandLSTM(nn.Module):
             _checks.check_hx_rank((h0, c0), batched)
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        _checks.check_input(x, input_dim, self.input_size, self._first_weight.dtype)
-        states = self.num_layers * self.num_directions
-        expected_h = (states, batch, self.output_size)
-        expected_c = (states, batch, self.hidden_size)
+        if x.dtype != weight.dtype or x.dim() != input_dim or x.size(-1) != self.input_size:
+            _checks.check_input(x, input_dim, self.input_size, weight.dtype)  # raises (or autocast)
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        expected_h = (states, batch, self.proj_size if self.proj_size > 0 else self.hidden_size)
         if hx is None:
-            _checks.check_devices(x, (), self._first_weight)
+            if x.device != weight.device:
+                _checks.check_devices(x, (), weight)  # raises
             h0 = x.new_zeros(expected_h)
-            c0 = x.new_zeros(expected_c)
-            return h0, c0
+            if self.proj_size > 0:
+                return h0, x.new_zeros((states, batch, self.hidden_size))
+            return h0, h0  # one zero tensor for both (nothing writes into the initial states)
         _checks.check_hidden_size(h0, expected_h, 0)
-        _checks.check_hidden_size(c0, expected_c, 1)
+        _checks.check_hidden_size(c0, (states, batch, self.hidden_size), 1)
         _checks.check_hx_structure(hx, batched)
-        _checks.check_devices(x, (h0, c0), self._first_weight)
+        _checks.check_devices(x, (h0, c0), weight)
         _checks.check_hx_dtype(h0, x.dtype)
         return h0, c0
 
@@ -490,6 +574,7 @@ class HandLSTM(nn.Module):
         batch_sizes: list[int] | None,
         h0: Tensor,
         c0: Tensor,
+        weights: list[list[DirectionWeights]],
         records: list[tuple[Tensor, ScanVariant]] | None = None,
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -499,6 +584,7 @@ class HandLSTM(nn.Module):
             x: ``(L, N, H_in)`` or packed ``(sum(B_t), H_in)``.
             batch_sizes: packed batch sizes or None.
             h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
+            weights: ``_layer_weights()``, read once for this call.
             records: if a list, each (layer, direction) appends its output and its recorded
                 :class:`ScanVariant` (per-step cells and gates).
             lengths: dense input only, ``(N,)`` valid steps per sequence, or None.
@@ -507,16 +593,19 @@ class HandLSTM(nn.Module):
             ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
             features, and the stacked final states.
         """
-        h_n: list[Tensor] = []
-        c_n: list[Tensor] = []
-        layer_input = x
         count = self.num_directions
         tape = self.__dict__.get("_per_sample_tape")  # set by _per_sample for one opacus call
         with_variant = records is not None or not self._options_default() or tape is not None
+        if self.num_layers == 1 and not with_variant:  # the loop below for one plain layer
+            return run_layer(x, batch_sizes, h0, c0, weights[0], [None] * count, lengths)
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        layer_input = x
         for layer in range(self.num_layers):
-            weights = [self._direction_weights(layer, d) for d in range(count)]
             variants: list[ScanVariant | None] = [None] * count
+            layer_weights = weights[layer]
             if with_variant:
+                layer_weights = list(layer_weights)
                 layer_input = _variants.input_dropout(
                     layer_input,
                     batch_sizes,
@@ -525,22 +614,20 @@ class HandLSTM(nn.Module):
                     f"_l{layer}",
                 )
                 for d in range(count):
-                    weights[d], variants[d] = self._direction_variant(
-                        weights[d], layer, d, layer_input, batch_sizes, records is not None
+                    layer_weights[d], variants[d] = self._direction_variant(
+                        layer_weights[d], layer, d, layer_input, batch_sizes, records is not None
                     )
                     if tape is not None:
-                        weights[d], variants[d] = tape.direction(
-                            weights[d], variants[d], batch_sizes
+                        layer_weights[d], variants[d] = tape.direction(
+                            layer_weights[d], variants[d], batch_sizes
                         )
-            first = layer * count
+            if self.num_layers == 1:  # this layer's states are all of them: no slicing
+                layer_h0, layer_c0 = h0, c0
+            else:
+                first = layer * count
+                layer_h0, layer_c0 = h0[first : first + count], c0[first : first + count]
             out, h, c = run_layer(
-                layer_input,
-                batch_sizes,
-                h0[first : first + count],
-                c0[first : first + count],
-                weights,
-                variants,
-                lengths,
+                layer_input, batch_sizes, layer_h0, layer_c0, layer_weights, variants, lengths
             )
             if records is not None:
                 for part, variant in zip(out.chunk(count, -1), variants, strict=True):

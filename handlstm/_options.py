@@ -114,8 +114,14 @@ class LSTMOptions:
 
     @property
     def is_default(self) -> bool:
-        """True when forward computes exactly nn.LSTM (init-only options ignored)."""
-        return not self.non_neutral()
+        """True when forward computes exactly nn.LSTM (init-only options ignored).
+
+        Worked out once per object (read at every forward call; the object is frozen)."""
+        known = self.__dict__.get("_is_default")
+        if known is None:
+            known = not self.non_neutral()
+            object.__setattr__(self, "_is_default", known)  # not a field: eq, hash, repr ignore it
+        return known  # type: ignore[no-any-return]
 
     def describe(self) -> str:
         """``name=value`` for every non-neutral option, comma separated (for ``extra_repr``)."""

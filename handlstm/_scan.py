@@ -118,22 +118,22 @@ def scan(
     """
     if batch_sizes is None:
         steps = gates_x.unbind(0)  # L x (N, 4*H_cell)
-        sizes = [gates_x.size(1)] * len(steps)
+        sizes = None  # every step has all rows
     else:
         steps = gates_x.split(list(batch_sizes), 0)  # L x (B_t, 4*H_cell)
         sizes = list(batch_sizes)
-    order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
+    length = len(steps)
+    order = range(length - 1, -1, -1) if reverse else range(length)
 
     full = h0.size(0)
     h, c = h0, c0
-    cell = DEFAULT_VARIANT if variant is None else variant.cell
-    record = variant is not None and variant.record
-    outputs: list[Tensor] = [h0] * len(steps)
-    cells: list[Tensor] = [c0] * len(steps)
-    gates: list[Tensor] = [c0] * len(steps)
+    cell, record = (DEFAULT_VARIANT, False) if variant is None else (variant.cell, variant.record)
+    outputs: list[Tensor] = [h0] * length
+    cells: list[Tensor] = [c0] * length if record else []
+    gates: list[Tensor] = [c0] * length if record else []
     for t in order:
-        active = sizes[t]
         noise = NO_NOISE if variant is None else variant.noise(t)
+        active = full if sizes is None else sizes[t]
         if active == full:
             h, c, acts = lstm_step_gates(steps[t], h, c, weight_hh, weight_hr, cell, noise)
             h_t, c_t = h, c
@@ -148,9 +148,9 @@ def scan(
             cells[t] = c_t
             gates[t] = torch.cat(acts, -1)  # (B_t, 4*H_cell)
 
-    join = torch.stack if batch_sizes is None else torch.cat
+    join = torch.stack if sizes is None else torch.cat
     output = join(outputs, 0)  # (L, N, H_out) or (sum(batch_sizes), H_out)
-    if variant is not None and record:
+    if record and variant is not None:
         variant.cells.append(join(cells, 0))
         variant.gates.append(join(gates, 0))
     return output, h, c
