@@ -26,10 +26,10 @@ order (``data`` gathered by one ``index_select``), the padded steps compute harm
 nothing reads, each sequence's final state is captured at its own last step, and the output is
 gathered back into the packed layout. Padded steps get exactly zero gradient, so nothing leaks.
 
-Of the variants, the fast path serves those whose steps stay nn.LSTM's but for recurrent
-dropout's mask on h (weight drop and input dropout act on its inputs; in eval mode all three are
-off); the others (layer norm, peepholes, zoneout, clipping, other activations) and
-:meth:`~handlstm.HandLSTM.forward_with_states` take the composed path.
+Of the variants, recurrent dropout (a mask on h) runs in the loops here, weight drop and input
+dropout act on the inputs; zoneout, peepholes and layer norm run in the loops of
+:mod:`handlstm._fast_variants` (same layout, its own backward). Clipping, other activations,
+per-sample-gradient taps and :meth:`~handlstm.HandLSTM.forward_with_states` take the composed path.
 
 The fast path is a pure optimisation: :func:`can_serve` sends everything it does not handle to the
 composed path (those variants, single-step sequences (measured faster composed: the setup costs
@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from ._cell import DEFAULT_VARIANT
+from . import _fast_variants
 from ._fast_backward import _backward, _backward_by_recompute
 from ._fast_layout import (
     Ends,
@@ -66,6 +66,7 @@ from ._fast_layout import (
     _one,
     _packed_layout,
     _steps,
+    _time_index,
     _to_steps,
     _transposed,
     _weights,
@@ -112,22 +113,6 @@ def _transforms_active() -> bool:
     return _get_current_dispatch_mode() is not None
 
 
-def _plain_variant(variant: Any) -> bool:
-    """True for None and for a variant the fast path computes: every step nn.LSTM's but for
-    recurrent dropout's mask on h (weight drop and input dropout are already in the inputs;
-    dropouts in eval mode are off)."""
-    if variant is None:
-        return True
-    if variant.record or variant.ln_ih is not None:
-        return False
-    if variant.zone_h is not None or variant.zone_c is not None:
-        return False
-    return all(
-        mine is neutral or (isinstance(mine, float) and mine == neutral)
-        for mine, neutral in zip(variant.cell, DEFAULT_VARIANT, strict=True)
-    )
-
-
 def can_serve(
     x: Tensor,
     batch_sizes: Any,
@@ -145,7 +130,7 @@ def can_serve(
         weights: ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)`` of each direction, one
             after the other, None where absent.
         options: the variant (see :class:`handlstm._scan.ScanVariant`), or a sequence of them
-            (one per direction); served only where every step stays nn.LSTM's.
+            (one per direction); served where :func:`handlstm._fast_variants.serves` says so.
     """
     # First, before anything dynamo cannot trace (a ContextVar read graph-breaks).
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
@@ -154,7 +139,7 @@ def can_serve(
     if steps < 2 or not _ENABLED.get():
         return False  # one step: the composed path measured faster (fewer ops than the setup)
     variants = options if isinstance(options, list | tuple) else (options,)
-    if not all(_plain_variant(v) for v in variants):
+    if not all(_fast_variants.serves(v) for v in variants):
         return False
     if x.dim() != (3 if batch_sizes is None else 2) or x.numel() == 0 or h0.numel() == 0:
         return False
@@ -184,7 +169,7 @@ def run_layer(
     c0: Tensor,
     weights: Sequence[Sequence[Tensor | None]],
     reverses: tuple[bool, ...] | None = None,
-    masks: Sequence[Tensor | None] | None = None,
+    variants: Sequence[Any] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The directions of one layer in lockstep; same contract as
     :func:`handlstm._scan.run_layer`. Call only where :func:`can_serve` said yes.
@@ -193,7 +178,8 @@ def run_layer(
         weights: per direction ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``.
         reverses: per direction, whether it runs from the last step; default forward, then
             reverse.
-        masks: per direction, recurrent dropout's ``(N, H_out)`` mask on h (scaled), or None.
+        variants: per direction, the :class:`handlstm._scan.ScanVariant` (or None): recurrent
+            dropout's mask on h, zoneout's masks, peepholes and layer norm.
 
     Returns:
         ``(output, h_n, c_n)``: ``(L, N, D*H_out)`` (or packed rows), ``(D, N, H_out)``,
@@ -210,21 +196,63 @@ def run_layer(
     if count > 1:
         counts["lockstep"] += 1
     flat = [t for direction in weights for t in direction]
+    variants = [None] * count if variants is None else list(variants)
+    masks = [None if v is None else v.h_mask for v in variants]
     mask = None
-    if masks is not None and any(m is not None for m in masks):
+    if any(m is not None for m in masks):
         mask = torch.stack([torch.ones_like(h0[0]) if m is None else m for m in masks])
     inputs = _to_steps(x, layout)  # (D, L, N, H_in)
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, *flat)
-    ):
-        counts["train"] += count
+    plain = all(_fast_variants.is_plain(v) for v in variants)
+    extras = () if plain else _fast_variants.extras_of(variants)
+    train = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *flat, *extras)
+    )
+    counts["train" if train else "inference"] += count
+    if not plain:
+        out, h_n, c_n = _run_variant(
+            inputs, h0, c0, mask, flat, variants, extras, layout, batch_sizes, train
+        )
+    elif train:
         out, h_n, c_n = _FastLayer.apply(inputs, h0, c0, mask, layout.ends, *flat)
     else:
-        counts["inference"] += count
         with torch.no_grad():
             out, h_n, c_n, _ = _forward(inputs, h0, c0, mask, flat, layout.ends, save=False)
             out = _one(out, count)
     return _from_steps(out, layout), h_n, c_n
+
+
+def _run_variant(
+    inputs: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    mask: Tensor | None,
+    flat: Sequence[Tensor | None],
+    variants: Sequence[Any],
+    extras: Sequence[Tensor | None],
+    layout: Any,
+    batch_sizes: Sequence[int] | None,
+    train: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A layer with zoneout, peepholes or layer norm (:mod:`handlstm._fast_variants`)."""
+    count, length, batch, _ = inputs.shape
+    order = None
+    if batch_sizes is not None:
+        order = _time_index(batch_sizes, layout.reverses, inputs.device)
+    sizes = (h0.size(-1), c0.size(-1))
+    noise = _fast_variants.noise_of(
+        variants, mask, (count, length, batch), sizes, inputs, layout.reverses, order
+    )
+    ends = layout.ends
+    rows = None if not ends else _active_rows(ends, length)
+    if train:
+        return _fast_variants.FastVariantLayer.apply(  # type: ignore[no-any-return]
+            inputs, h0, c0, noise, ends, rows, *flat, *extras
+        )
+    with torch.no_grad():
+        out, h_n, c_n, _ = _fast_variants.forward(
+            inputs, h0, c0, noise, flat, _fast_variants.Extras(*extras), ends, rows, save=False
+        )
+    return _one(out, count), h_n, c_n
 
 
 def run_direction(
@@ -234,7 +262,7 @@ def run_direction(
     weights: Sequence[Tensor | None],
     reverse: bool,
     batch_sizes: Sequence[int] | None = None,
-    mask: Tensor | None = None,
+    variant: Any = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction of one layer, same contract as :func:`handlstm._scan.run_direction`.
 
@@ -245,7 +273,7 @@ def run_direction(
         ``(N, H_cell)``.
     """
     output, h_n, c_n = run_layer(
-        x, batch_sizes, h0.unsqueeze(0), c0.unsqueeze(0), [weights], (reverse,), [mask]
+        x, batch_sizes, h0.unsqueeze(0), c0.unsqueeze(0), [weights], (reverse,), [variant]
     )
     return output, h_n[0], c_n[0]
 

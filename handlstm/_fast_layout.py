@@ -11,7 +11,7 @@ Shapes: D directions, L sequence, N batch, H_in input size, H_cell hidden size, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -65,6 +65,20 @@ def _packed_layout(batch_sizes: Sequence[int], x: Tensor, reverses: tuple[bool, 
         if following < size:
             ends[s] = (following, size)
     return _Layout(length, batch, reverses, gather_in, gather_out, ends)
+
+
+def _time_index(batch_sizes: Sequence[int], reverses: tuple[bool, ...], device: Any) -> Tensor:
+    """Packed input: ``(D*L*N,)``, for each processing-order position ``(d, s, n)``, the entry
+    ``t*N + n`` of a ``(L, N, *)`` per-time-step tensor (a zoneout mask) that it reads: ``t = s``
+    forward, ``t = L_n - 1 - s`` reversed (padded positions read a valid entry)."""
+    length, batch = len(batch_sizes), batch_sizes[0]
+    sizes = torch.tensor(list(batch_sizes), device=device)  # (L,)
+    rows = torch.arange(batch, device=device)  # (N,)
+    steps = torch.arange(length, device=device).unsqueeze(1)  # (L, 1)
+    lengths = (rows < sizes.unsqueeze(1)).sum(0)  # (N,)
+    forward = steps * batch + rows  # (L, N)
+    backward = (lengths - 1 - steps).clamp_(min=0) * batch + rows
+    return torch.stack([backward if r else forward for r in reverses]).view(-1)
 
 
 def _to_steps(x: Tensor, layout: _Layout) -> Tensor:

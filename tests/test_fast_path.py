@@ -517,8 +517,14 @@ def test_dispatch_mode_takes_composed_path() -> None:
     torch.testing.assert_close(out, ref(x)[0], rtol=1e-10, atol=1e-10)
 
 
-def test_variant_takes_composed_path() -> None:
-    mine = HandLSTM(3, 4, layer_norm=True, dtype=F64)
+@pytest.mark.parametrize(
+    "options",
+    [{"cell_clip": 0.5}, {"gate_activation": torch.nn.functional.hardsigmoid}],
+)
+def test_variant_takes_composed_path(options: dict[str, Any]) -> None:
+    """Variants the fast path does not compute (clipping, other activations; zoneout,
+    peepholes and layer norm are served, see tests/test_fast_variants.py)."""
+    mine = HandLSTM(3, 4, dtype=F64, **options)
     x = torch.randn(4, 2, 3, dtype=F64)
     with path_counter() as seen:
         out, _ = mine(x)

@@ -1,0 +1,745 @@
+"""The fast path's variant steps: zoneout, peepholes and layer norm (see :mod:`handlstm._fast`).
+
+The same function as :func:`handlstm._cell.lstm_step_gates` with those options (the equations
+are written there; this is a second, optimised computation of them, tested equal to it), stepped
+in lockstep over the directions of one layer with preallocated buffers and a hand-written
+backward through time:
+
+* zoneout (training: a 0/1 mask per step, gathered into processing order; eval: the expectation
+  ``p``, an expanded constant): ``h_t = lerp(h~, h_{t-1}, z_h)``, ``c_t = lerp(c~, c_{t-1}, z_c)``;
+* peepholes: ``i, f += p_{i,f} * c_{t-1}`` before their activation, ``o += p_o * c~``;
+* layer norm: the input norm over the whole sequence at once (``LN(W_ih x) * g_x + b``), the
+  recurrent norm of ``W_hh h`` and the cell norm of ``c~`` per step (torch's ``native_layer_norm``
+  and its backward, the kernels ``F.layer_norm`` runs).
+
+In the backward, everything that does not depend on the incoming gradients (the gates' derivative
+factors, with peepholes folded into the carry factors) is computed for all steps at once; a step
+then does the products for ``dh`` and a few elementwise ops (two layer-norm backwards with layer
+norm). Parameter gradients are large reductions after the loop. Double backward recomputes the
+composed path, as for the default cell.
+
+Shapes: D directions, L sequence, N batch, H_in input size, H hidden (cell) size, H_out output
+size. Per-step views drop the D axis for one direction (see :func:`handlstm._fast_layout._one`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._fast_backward import recompute_gradients
+from ._fast_layout import Ends, _bmm, _by_direction, _one, _stacked, _steps, _transposed, _weights
+from ._options import LAYER_NORM_EPS
+
+_LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
+_INPUT_ONLY = [True, False, False]
+
+
+class Extras(NamedTuple):
+    """The variant's parameters, stacked over directions (None where the option is off); the
+    Function's differentiable inputs after the weights."""
+
+    ln_ih: Tensor | None  # (D, 4H) gain of the input norm
+    ln_hh: Tensor | None  # (D, 4H) gain of the recurrent norm
+    ln_c_w: Tensor | None  # (D, H) gain of the cell norm
+    ln_c_b: Tensor | None  # (D, H) shift of the cell norm
+    peep: Tensor | None  # (D, 3, H): into i and f from c_{t-1}, into o from c~
+
+
+class Noise(NamedTuple):
+    """The call's masks in processing order (no gradient; None where off)."""
+
+    mask: Tensor | None  # (D, N, H_out) recurrent dropout on h before W_hh
+    zone_h: Tensor | None  # (D, L, N, H_out) 1 = keep h_{t-1}; eval: p, expanded
+    zone_c: Tensor | None  # (D, L, N, H)
+
+
+def serves(variant: Any) -> bool:
+    """Whether the fast path computes this variant's steps: nn.LSTM's activations, no clipping,
+    no per-step recording, the plain linear (per-sample gradients swap in a recording one)."""
+    if variant is None:
+        return True
+    cell = variant.cell
+    return (
+        not variant.record
+        and cell.gate_activation is torch.sigmoid
+        and cell.cell_activation is torch.tanh
+        and cell.cell_clip is None
+        and cell.proj_clip is None
+        and cell.linear is F.linear
+    )
+
+
+def is_plain(variant: Any) -> bool:
+    """True where the step is nn.LSTM's but for recurrent dropout (the default loops serve it)."""
+    if variant is None:
+        return True
+    cell = variant.cell
+    return (
+        variant.ln_ih is None
+        and cell.peephole_i is None
+        and cell.ln_hh is None
+        and cell.ln_c_weight is None
+        and variant.zone_h is None
+        and variant.zone_c is None
+        and not cell.zoneout_h
+        and not cell.zoneout_c
+    )
+
+
+def extras_of(variants: Sequence[Any]) -> Extras:
+    """Stack each direction's variant parameters (differentiable; a view for one direction)."""
+    first = variants[0]
+
+    def stack(parts: list[Tensor | None]) -> Tensor | None:
+        if parts[0] is None:
+            return None
+        tensors = cast(list[Tensor], parts)
+        return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+    peep = None
+    if first.cell.peephole_i is not None:
+        peep = stack(
+            [
+                torch.stack((v.cell.peephole_i, v.cell.peephole_f, v.cell.peephole_o))
+                for v in variants
+            ]
+        )
+    return Extras(
+        stack([v.ln_ih for v in variants]),
+        stack([v.cell.ln_hh for v in variants]),
+        stack([v.cell.ln_c_weight for v in variants]),
+        stack([v.cell.ln_c_bias for v in variants]),
+        peep,
+    )
+
+
+def noise_of(
+    variants: Sequence[Any],
+    mask: Tensor | None,
+    shape: tuple[int, int, int],
+    sizes: tuple[int, int],
+    like: Tensor,
+    reverses: Sequence[bool],
+    order: Tensor | None,
+) -> Noise:
+    """Each direction's zoneout masks in its processing order (eval: the expectation).
+
+    Args:
+        shape: ``(D, L, N)``; sizes: ``(H_out, H)``.
+        order: packed input: ``(D*L*N,)`` index of the ``(L*N)`` (time, row) entry each
+            processing-order position reads; None for dense (a reverse direction flips time).
+    """
+    zones: list[Tensor | None] = []
+    for which, size in (("h", sizes[0]), ("c", sizes[1])):
+        given = [getattr(v, f"zone_{which}") for v in variants]
+        p = getattr(variants[0].cell, f"zoneout_{which}")
+        if given[0] is not None:
+            if order is not None:
+                parts = [
+                    m.reshape(-1, size).index_select(0, index)
+                    for m, index in zip(given, order.view(len(given), -1), strict=True)
+                ]
+                joined = torch.stack(parts) if len(parts) > 1 else parts[0].unsqueeze(0)
+                zones.append(joined.view(*shape, size))
+            else:
+                parts = [m.flip(0) if r else m for m, r in zip(given, reverses, strict=True)]
+                zones.append(torch.stack(parts) if len(parts) > 1 else parts[0].unsqueeze(0))
+        elif p:
+            zones.append(torch.full((1, 1, 1, 1), p, dtype=like.dtype).expand(*shape, size))
+        else:
+            zones.append(None)
+    return Noise(mask, zones[0], zones[1])
+
+
+# -- the forward recurrence ----------------------------------------------------------------------
+
+
+def _norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, count: int) -> tuple[Tensor, ...]:
+    """``LN(x) * weight + bias`` over the last axis of ``([D,] rows, F)``, and its mean and rstd;
+    ``weight``, ``bias``: ``(D, F)``. For one direction torch's kernel applies the affine part;
+    for two (a gain per direction) it is applied here."""
+    size = [x.size(-1)]
+    if count == 1:
+        weight = None if weight is None else weight[0]
+        bias = None if bias is None else bias[0]
+        return torch.native_layer_norm(x, size, weight, bias, LAYER_NORM_EPS)
+    y, mean, rstd = torch.native_layer_norm(x, size, None, None, LAYER_NORM_EPS)
+    if weight is not None:
+        y.mul_(weight.unsqueeze(1))
+    if bias is not None:
+        y.add_(bias.unsqueeze(1))
+    return y, mean, rstd
+
+
+def forward(
+    inputs: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    noise: Noise,
+    flat: Sequence[Tensor | None],
+    extras: Extras,
+    ends: Ends | None,
+    sizes: Sequence[int] | None,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any] | None]:
+    """The variant recurrence into preallocated buffers (autograd must be off).
+
+    Args:
+        inputs: ``(D, L, N, H_in)`` in processing order; h0, c0: ``(D, N, H_out)``, ``(D, N, H)``.
+        ends, sizes: packed input: the rows ending at each step and each step's active rows.
+
+    Returns:
+        ``(out, h_n, c_n, saved)``: ``out`` ``(D, L, N, H_out)``; with ``save``, what the backward
+        reads, by name.
+    """
+    count, length, batch, input_size = inputs.shape
+    w_ih, w_hh = cast(list[Tensor], _weights(flat, 0)), cast(list[Tensor], _weights(flat, 1))
+    b_ih, b_hh, w_hr = _weights(flat, 2), _weights(flat, 3), _weights(flat, 4)
+    hidden, out_size = w_hh[0].size(0) // 4, w_hh[0].size(1)
+    ln_ih, ln_hh, ln_c_w, ln_c_b, peep = extras
+    packed = ends is not None
+    new = inputs.new_zeros if packed and save else inputs.new_empty  # packed: finite padding
+    x2d = inputs.reshape(count, length * batch, input_size)  # (D, L*N, H_in)
+    saved: dict[str, Any] = {}
+
+    # The input's share of the gates, one GEMM per direction (then the input norm, all steps).
+    biases = (
+        None if b_ih is None or b_hh is None else [a + b for a, b in zip(b_ih, b_hh, strict=True)]
+    )
+    if ln_ih is None:
+        gates = inputs.new_empty(count, length, batch, 4 * hidden)  # (D, L, N, 4H)
+        for d in range(count):
+            by_row = gates[d].view(length * batch, 4 * hidden)
+            if biases is not None:
+                torch.addmm(biases[d], x2d[d], w_ih[d].t(), out=by_row)
+            else:
+                torch.mm(x2d[d], w_ih[d].t(), out=by_row)
+    else:
+        a_x = inputs.new_empty(count, length * batch, 4 * hidden)  # W_ih x, (D, L*N, 4H)
+        for d in range(count):
+            torch.mm(x2d[d], w_ih[d].t(), out=a_x[d])
+        bias = None if biases is None else torch.stack(biases)  # (D, 4H)
+        y, mean_x, rstd_x = _norm(_one(a_x, count), ln_ih, bias, count)
+        gates = y.view(count, length, batch, 4 * hidden)
+        saved.update(a_x=a_x, mean_x=mean_x.view(count, -1, 1), rstd_x=rstd_x.view(count, -1, 1))
+
+    whh_t = _one(_transposed(w_hh), count)  # ([D,] H_out, 4H)
+    whr_t = None if w_hr is None else _one(_transposed(w_hr), count)
+    add_product = Tensor.addmm_ if count == 1 else Tensor.baddbmm_
+    product = torch.mm if count == 1 else torch.bmm
+
+    def rows(views: Sequence[Tensor], dim: int = -2) -> Sequence[Tensor]:
+        if sizes is None:
+            return views
+        full = views[0].size(dim)
+        return [v if b == full else v.narrow(dim, 0, b) for v, b in zip(views, sizes, strict=True)]
+
+    def per_step(buffer: Tensor | None, shape_of: Tensor) -> Sequence[Tensor]:
+        """Per-step views of a saved ``(D, L, N, F)`` buffer, or one scratch buffer repeated."""
+        if buffer is not None:
+            return rows(_steps(buffer, count))
+        return rows([torch.empty_like(shape_of)] * length)
+
+    def buffer(features: int, keep: bool = True) -> Tensor | None:
+        return new(count, length, batch, features) if save and keep else None
+
+    h_like = _one(h0, count)
+    c_like = _one(c0, count)
+    out = new(count, length, batch, out_size)  # (D, L, N, H_out): every h_t
+    out_steps = _steps(out, count)
+    steps = rows(_steps(gates, count))  # ([D,] N, 4H)
+    by_gate = (gates[0] if count == 1 else gates).unflatten(-1, (4, hidden))  # ([D,] L, N, 4, H)
+    time_axis = 0 if count == 1 else 1
+    ingate, forgetgate, cellgate, outgate = (rows(g.unbind(time_axis)) for g in by_gate.unbind(-2))
+    inforget = rows(by_gate[..., :2, :].unbind(time_axis), -3)  # ([D,] N, 2, H)
+    prev_h = rows([h_like, *out_steps[:-1]])
+    outputs = rows(out_steps)
+
+    # The cell state: saved per step in training; one running buffer in inference.
+    zone_h, zone_c = noise.zone_h, noise.zone_c
+    if save:
+        cells = new(count, length, batch, hidden)
+        cell_steps = _steps(cells, count)
+        prev_c, states = rows([c_like, *cell_steps[:-1]]), rows(cell_steps)
+        cnew_buf = cells if zone_c is None else new(count, length, batch, hidden)
+        cnews = rows(_steps(cnew_buf, count))
+        saved.update(cells=cells, cnew=cnew_buf)
+    else:
+        running = c_like.clone()
+        prev_c = states = rows([running] * length)
+        cnews = states if zone_c is None else per_step(None, running)
+    tanh_buf = buffer(hidden)
+    tanh_outs = per_step(tanh_buf, c_like)  # tanh of the (normalised) cell, per step
+    hcell_buf = buffer(hidden, w_hr is not None)
+    if w_hr is not None or zone_h is not None:
+        hcells = per_step(hcell_buf, c_like)  # o * tanh(...) before projection / zoneout
+    else:
+        hcells = outputs
+    projected = None if w_hr is None else (outputs if zone_h is None else per_step(None, h_like))
+    zhs = None if zone_h is None else rows(_steps(zone_h, count))
+    zcs = None if zone_c is None else rows(_steps(zone_c, count))
+    q_buf = buffer(4 * hidden, ln_hh is not None)
+    qs = None if ln_hh is None else per_step(q_buf, _one(gates[:, 0], count))
+    mask = None if noise.mask is None else _one(noise.mask, count)
+    into = masks = None
+    if mask is not None:
+        into, masks = rows([torch.empty_like(mask)] * length), rows([mask] * length)
+    p_if = p_o = None
+    if peep is not None:
+        p_if, p_o = _one(peep[:, None, :2], count), _one(peep[:, None, 2], count)
+    stats: dict[str, list[Tensor]] = {"mean_q": [], "rstd_q": [], "mean_c": [], "rstd_c": []}
+    h_n = h0.new_empty(h0.shape) if packed else None
+    c_n = c0.new_empty(c0.shape) if packed else None
+
+    h = c = h_like
+    for t in range(length):
+        h_in = (
+            prev_h[t]
+            if masks is None or into is None
+            else torch.mul(prev_h[t], masks[t], out=into[t])
+        )
+        if qs is None:
+            add_product(steps[t], h_in, whh_t)  # ([D,] N, 4H)
+        else:
+            r, mean, rstd = _norm(product(h_in, whh_t, out=qs[t]), ln_hh, None, count)
+            steps[t].add_(r)
+            if save:
+                stats["mean_q"].append(mean)
+                stats["rstd_q"].append(rstd)
+        if p_if is not None:
+            inforget[t].addcmul_(prev_c[t].unsqueeze(-2), p_if)
+        inforget[t].sigmoid_()
+        cellgate[t].tanh_()
+        c = torch.mul(forgetgate[t], prev_c[t], out=cnews[t]).addcmul_(ingate[t], cellgate[t])
+        if p_o is not None:
+            outgate[t].addcmul_(c, p_o)
+        outgate[t].sigmoid_()
+        if ln_c_w is None:
+            torch.tanh(c, out=tanh_outs[t])
+        else:
+            normed, mean, rstd = _norm(c, ln_c_w, ln_c_b, count)
+            torch.tanh(normed, out=tanh_outs[t])
+            if save:
+                stats["mean_c"].append(mean)
+                stats["rstd_c"].append(rstd)
+        h = torch.mul(outgate[t], tanh_outs[t], out=hcells[t])  # ([D,] N, H)
+        if projected is not None and whr_t is not None:
+            h = product(h, whr_t, out=projected[t])  # ([D,] N, H_out)
+        if zhs is not None:
+            h = torch.lerp(h, prev_h[t], zhs[t], out=outputs[t])
+        if zcs is not None:
+            c = torch.lerp(c, prev_c[t], zcs[t], out=states[t])
+        if ends is not None and t in ends and h_n is not None and c_n is not None:
+            lo, hi = ends[t]
+            _one(h_n, count).narrow(-2, lo, hi - lo).copy_(h.narrow(-2, lo, hi - lo))
+            _one(c_n, count).narrow(-2, lo, hi - lo).copy_(c.narrow(-2, lo, hi - lo))
+
+    if save:
+        for name, parts in stats.items():
+            if parts:
+                saved[name] = _stacked_stats(parts, count, length, batch, sizes, name[:4] == "rstd")
+        saved.update(gates=gates, out=out, tanh=tanh_buf, hcell=hcell_buf, q=q_buf)
+    if h_n is None or c_n is None:
+        h_n, c_n = h.clone(), c.clone()
+        if count == 1:
+            h_n, c_n = h_n.unsqueeze(0), c_n.unsqueeze(0)
+    return out, h_n, c_n, saved if save else None
+
+
+def _stacked_stats(
+    parts: list[Tensor],
+    count: int,
+    length: int,
+    batch: int,
+    sizes: Sequence[int] | None,
+    rstd: bool,
+) -> Tensor:
+    """Per-step layer-norm statistics ``([D,] N_t, 1)`` as one ``(D, L, N, 1)`` view of a
+    time-major buffer, so each step's slice stays contiguous (torch's layer-norm backward reads
+    its mean and rstd as contiguous). Padded rows of packed input: mean 0, rstd 1 (finite values
+    that get zero gradient)."""
+    if sizes is None:
+        stacked = torch.stack(parts)  # (L, [D,] N, 1)
+    else:
+        stacked = parts[0].new_full((length, *parts[0].shape), 1.0 if rstd else 0.0)
+        for t, part in enumerate(parts):
+            stacked[t].narrow(-2, 0, part.size(-2)).copy_(part)
+    return stacked.unsqueeze(0) if count == 1 else stacked.transpose(0, 1)
+
+
+# -- training: one autograd Function per layer ---------------------------------------------------
+
+_SAVED = ("a_x", "mean_x", "rstd_x", "gates", "out", "cells", "cnew", "tanh", "hcell", "q")
+_STATS = ("mean_q", "rstd_q", "mean_c", "rstd_c")
+
+
+class FastVariantLayer(torch.autograd.Function):
+    """The directions of one variant layer with a hand-written backward through time.
+
+    Inputs: ``inputs`` ``(D, L, N, H_in)``, ``h0``, ``c0``, ``noise`` (:class:`Noise`, no
+    gradient), ``ends`` and ``sizes`` (packed; None for dense), the five weights of each direction,
+    then the five :class:`Extras` (None where off). Outputs ``(out, h_n, c_n)`` with ``out``
+    ``(D, L, N, H_out)`` (``(L, N, H_out)`` for one direction).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        inputs: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        noise: Noise,
+        ends: Ends | None,
+        sizes: Sequence[int] | None,
+        *args: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        flat, extras = args[:-5], Extras(*args[-5:])
+        out, h_n, c_n, saved = forward(inputs, h0, c0, noise, flat, extras, ends, sizes, True)
+        assert saved is not None
+        ctx.ends, ctx.sizes, ctx.count = ends, sizes, len(flat) // 5
+        ctx.save_for_backward(
+            inputs,
+            h0,
+            c0,
+            *noise,
+            *args,
+            *(saved.get(name) for name in _SAVED),
+            *(saved.get(name) for name in _STATS),
+        )
+        return _one(out, out.size(0)), h_n, c_n
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the composed path
+            from ._fast import counts
+
+            counts["recompute"] += 1
+            return _recompute(ctx, d_out, d_h_n, d_c_n)
+        return backward(ctx, d_out, d_h_n, d_c_n)
+
+
+def _unpack(ctx: Any) -> tuple[list[Tensor], Noise, list[Tensor | None], Extras, dict[str, Any]]:
+    saved = list(ctx.saved_tensors)
+    n_flat = 5 * ctx.count
+    head, noise = saved[:3], Noise(*saved[3:6])
+    flat = saved[6 : 6 + n_flat]
+    extras = Extras(*saved[6 + n_flat : 11 + n_flat])
+    rest = saved[11 + n_flat :]
+    buffers = dict(zip(_SAVED + _STATS, rest, strict=True))
+    return head, noise, flat, extras, buffers
+
+
+def _recompute(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Tensor | None, ...]:
+    """Double backward: the composed path from the saved inputs, differentiated."""
+    from ._cell import CellVariant
+    from ._scan import ScanVariant
+
+    (x, h0, c0), noise, flat, extras, _ = _unpack(ctx)
+    differentiable = [x, h0, c0, *flat, *extras]
+    positions = [0, 1, 2, *range(6, 6 + len(flat) + 5)]
+
+    def variant_of(d: int, args: Sequence[Tensor | None]) -> Any:
+        ln_ih, ln_hh, ln_c_w, ln_c_b, peep = (None if e is None else e[d] for e in args[-5:])
+        cell = CellVariant(
+            peephole_i=None if peep is None else peep[0],
+            peephole_f=None if peep is None else peep[1],
+            peephole_o=None if peep is None else peep[2],
+            ln_hh=ln_hh,
+            ln_c_weight=ln_c_w,
+            ln_c_bias=ln_c_b,
+        )
+        mask, zone_h, zone_c = (None if m is None else m[d] for m in noise)
+        return ScanVariant(
+            cell=cell,
+            ln_ih=ln_ih,
+            h_mask=mask,
+            zone_h=zone_h,
+            zone_c=zone_c,
+            record=bool(ctx.ends),
+        )
+
+    return recompute_gradients(
+        ctx.needs_input_grad,
+        differentiable,
+        positions,
+        (d_out, d_h_n, d_c_n),
+        ctx.ends,
+        ctx.count,
+        variant_of,
+    )
+
+
+def backward(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Tensor | None, ...]:
+    """Backward through time with autograd off (see the module docstring)."""
+    (inputs, h0, c0), noise, flat, extras, saved = _unpack(ctx)
+    if d_out.dim() == 3:  # one direction: forward returned out[0]
+        d_out = d_out.unsqueeze(0)
+    count, length, batch, input_size = inputs.shape
+    w_ih, w_hh = cast(list[Tensor], _weights(flat, 0)), cast(list[Tensor], _weights(flat, 1))
+    w_hr = _weights(flat, 4)
+    ln_ih, ln_hh, ln_c_w, ln_c_b, peep = extras
+    mask, zone_h, zone_c = noise
+    gates, out, cells, cnew, tanh_c = (saved[k] for k in ("gates", "out", "cells", "cnew", "tanh"))
+    hid = w_hh[0].size(0) // 4
+    out_size = w_hh[0].size(1)
+    i, f, g, o = (gates[..., k * hid : (k + 1) * hid] for k in range(4))
+    c_prev = torch.cat((c0.unsqueeze(1), cells[:, :-1]), 1)  # (D, L, N, H): the c each step read
+
+    # Derivative factors, all steps at once, in the gate-gradient buffer (see _fast_backward):
+    # K_i = g i (1-i), K_f = c_prev f (1-f), K_g = i (1-g^2), K_o = tanh(c~') o (1-o), and
+    # B = o (1 - tanh(c~')^2) carries dh into dc~ (c~' = LN(c~) with layer norm).
+    d_gates = torch.empty_like(gates)  # (D, L, N, 4H)
+    k_i, k_f, k_g, k_o = (d_gates[..., k * hid : (k + 1) * hid] for k in range(4))
+    torch.mul(i, g, out=k_i).mul_(1 - i)
+    torch.mul(f, 1 - f, out=k_f).mul_(c_prev)
+    torch.addcmul(i, i, g.square(), value=-1, out=k_g)
+    torch.mul(o, 1 - o, out=k_o).mul_(tanh_c)
+    carry = tanh_c.square().neg_().add_(1).mul_(o)  # B, (D, L, N, H)
+    # dc_{t-1} = dc~_t * forget' (+ z_c dc_t), forget' = f + p_i K_i + p_f K_f with peepholes;
+    # dc~_t gets dh~_t * (B + p_o K_o) (without the cell norm) from the h path.
+    forget = f
+    po_ko = None
+    if peep is not None:
+        p_i, p_f, p_o = (peep[:, k, None, None] for k in range(3))  # (D, 1, 1, H)
+        forget = torch.addcmul(f, p_i, k_i).addcmul_(p_f, k_f)
+        po_ko = k_o * p_o
+        if ln_c_w is None:
+            carry.add_(po_ko)
+    carry_w = None if ln_c_w is None else carry * ln_c_w[:, None, None]
+
+    stats = {k: saved[k] for k in _STATS}
+    d_h_all = d_out.new_empty(d_out.shape)  # every dh_t, (D, L, N, H_out)
+    d_hnew_all = None if zone_h is None else torch.empty_like(d_h_all)  # (1 - z_h) dh_t
+    d_hc_all = None if w_hr is None else gates.new_empty(cells.shape)  # dh~ (unprojected)
+    q = saved["q"]
+    loop = _BackwardLoop(
+        count,
+        ctx.ends,
+        d_gates,
+        forget,
+        carry if carry_w is None else carry_w,
+        po_ko if carry_w is not None else None,
+        mask,
+        zone_h,
+        zone_c,
+        _one(_stacked(w_hh), count),
+        None if w_hr is None else _one(_stacked(w_hr), count),
+        None if ln_hh is None else _one(ln_hh.unsqueeze(1), count),
+        q,
+        stats,
+        cnew if carry_w is not None else None,
+    )
+    d_c, d_cnew, d_qs = loop.run((d_out, d_h_n, d_c_n), d_h_all, d_hnew_all, d_hc_all)
+    needs = ctx.needs_input_grad
+    d_h_new = d_h_all if d_hnew_all is None else d_hnew_all
+    d_hc = d_h_new if d_hc_all is None else d_hc_all
+
+    # Gradients of the initial state: dh_{-1} = m (R_0 W_hh) + z_h dh_0, dc_{-1} likewise.
+    recurrent = d_gates if d_qs is None else d_qs  # what W_hh's product received
+    product = torch.mm if count == 1 else torch.bmm
+    d_h0 = d_c0 = None
+    if needs[1]:
+        d_h0 = product(_one(recurrent[:, 0], count), loop.w_hh)
+        if mask is not None:
+            d_h0.mul_(_one(mask, count))
+        if zone_h is not None:
+            d_h0.addcmul_(_one(zone_h[:, 0], count), _one(d_h_all[:, 0], count))
+        d_h0 = d_h0.unsqueeze(0) if count == 1 else d_h0
+    if needs[2]:
+        d_c0 = d_cnew * _one(forget[:, 0], count)
+        if zone_c is not None:
+            d_c0.addcmul_(_one(zone_c[:, 0], count), d_c)
+        d_c0 = d_c0.unsqueeze(0) if count == 1 else d_c0
+
+    d_g = _by_direction(d_gates)  # (D, L*N, 4H)
+    d_bias = d_g.sum(1)  # (D, 4H)
+    d_ln: list[Tensor | None] = [None] * 5
+    d_in = d_g  # the gradient of W_ih x
+    if ln_ih is not None:
+        a_x, mean_x, rstd_x = saved["a_x"], saved["mean_x"], saved["rstd_x"]
+        d_in = torch.empty_like(a_x)
+        d_gain = []
+        for d in range(count):
+            d_a, d_w, _ = _LN_BACKWARD(
+                d_g[d], a_x[d], [4 * hid], mean_x[d], rstd_x[d], ln_ih[d], None, [True, True, False]
+            )
+            d_in[d].copy_(d_a)
+            d_gain.append(d_w)
+        d_ln[0] = torch.stack(d_gain)
+    d_x = None
+    if needs[0]:
+        d_x = _bmm(d_in, _stacked(w_ih)).view(count, length, batch, input_size)
+    d_w_ih = _bmm(d_in.transpose(1, 2), inputs.reshape(count, length * batch, input_size))
+    r_all = _by_direction(recurrent)
+    prev, first = out[:, :-1], h0  # h_{t-1} as W_hh saw it
+    if mask is not None:
+        prev, first = prev * mask.unsqueeze(1), h0 * mask
+    prev = prev.reshape(count, -1, out_size)  # (D, (L-1)*N, H_out)
+    d_w_hh = _bmm(r_all[:, batch:].transpose(1, 2), prev)  # (D, 4H, H_out)
+    d_w_hh.baddbmm_(r_all[:, :batch].transpose(1, 2), first)
+    if ln_hh is not None and q is not None:
+        normed = (q - stats["mean_q"]).mul_(stats["rstd_q"])
+        d_ln[1] = normed.mul_(d_gates).sum((1, 2))
+    if ln_c_w is not None:
+        d_co = d_hc * carry  # dc~' (the normalised cell)
+        normed = (cnew - stats["mean_c"]).mul_(stats["rstd_c"])
+        d_ln[2] = normed.mul_(d_co).sum((1, 2))
+        d_ln[3] = d_co.sum((1, 2))
+    if peep is not None:
+        d_ln[4] = torch.stack(
+            (
+                (d_gates[..., :hid] * c_prev).sum((1, 2)),
+                (d_gates[..., hid : 2 * hid] * c_prev).sum((1, 2)),
+                (d_gates[..., 3 * hid :] * cnew).sum((1, 2)),
+            ),
+            1,
+        )  # (D, 3, H)
+    d_w_hr = None
+    if w_hr is not None:
+        d_w_hr = _bmm(_by_direction(d_h_new).transpose(1, 2), _by_direction(saved["hcell"]))
+    grads: list[Tensor | None] = [d_x, d_h0, d_c0, None, None, None]
+    for d in range(count):
+        at = 6 + 5 * d
+        per = [d_w_ih[d], d_w_hh[d], d_bias[d], d_bias[d].clone(), None]
+        per[4] = None if d_w_hr is None else d_w_hr[d]
+        grads += [gr if needs[at + k] else None for k, gr in enumerate(per)]
+    at = 6 + 5 * count
+    grads += [gr if needs[at + k] else None for k, gr in enumerate(d_ln)]
+    return tuple(grads)
+
+
+class _BackwardLoop(NamedTuple):
+    """The backward time loop's inputs (factors for all steps; per-step work in :meth:`run`)."""
+
+    directions: int
+    ends: Ends | None
+    d_gates: Tensor  # (D, L, N, 4H): factors in, gate gradients out
+    forget: Tensor  # (D, L, N, H): dc~_t -> dc_{t-1}
+    carry: Tensor  # (D, L, N, H): dh~_t -> dc~_t (with the cell norm: B * gain, before its LN)
+    po_ko: Tensor | None  # with the cell norm and peepholes: dh~_t -> dc~_t through o
+    mask: Tensor | None  # (D, N, H_out)
+    zone_h: Tensor | None  # (D, L, N, H_out)
+    zone_c: Tensor | None  # (D, L, N, H)
+    w_hh: Tensor  # ([D,] 4H, H_out)
+    w_hr: Tensor | None  # ([D,] H_out, H)
+    g_hh: Tensor | None  # ([D,] 1, 4H) gain of the recurrent norm
+    q: Tensor | None  # (D, L, N, 4H) W_hh h before the recurrent norm
+    stats: dict[str, Tensor | None]
+    cnew: Tensor | None  # (D, L, N, H) with the cell norm: its input c~
+
+    def run(
+        self,
+        grads: tuple[Tensor, Tensor, Tensor],
+        d_h_all: Tensor,
+        d_hnew_all: Tensor | None,
+        d_hc_all: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Turns the factors in ``d_gates`` into gate gradients in place, storing every dh_t
+        (and (1 - z_h) dh_t, the unprojected dh~_t where they differ).
+
+        Returns ``(dc_0, dc~_0, dq)``: the gradients of the first state and first new cell, and
+        every step's gradient of ``W_hh h`` (recurrent norm only, else None)."""
+        count, ends = self.directions, self.ends
+        d_out, d_h_n, d_c_n = grads
+        hid = self.d_gates.size(-1) // 4
+        ifg = _steps(self.d_gates[..., : 3 * hid].unflatten(-1, (3, hid)), count)
+        og = _steps(self.d_gates[..., 3 * hid :], count)
+        steps = _steps(self.d_gates, count)
+        forget, carry = _steps(self.forget, count), _steps(self.carry, count)
+        po_ko = None if self.po_ko is None else _steps(self.po_ko, count)
+        d_outs, d_hs = _steps(d_out, count), _steps(d_h_all, count)
+        d_hnews = None if d_hnew_all is None else _steps(d_hnew_all, count)
+        d_hcs = None if d_hc_all is None else _steps(d_hc_all, count)
+        zhs = None if self.zone_h is None else _steps(self.zone_h, count)
+        zcs = None if self.zone_c is None else _steps(self.zone_c, count)
+        keep_h = None if self.zone_h is None else _steps(1 - self.zone_h, count)
+        keep_c = None if self.zone_c is None else _steps(1 - self.zone_c, count)
+        qs = None if self.q is None else _steps(self.q, count)
+        stat = {k: None if v is None else _steps(v, count) for k, v in self.stats.items()}
+        cnews = None if self.cnew is None else _steps(self.cnew, count)
+        injected_h, injected_c = _one(d_h_n, count), _one(d_c_n, count)
+        d_c = injected_c.clone() if ends is None else torch.zeros_like(injected_c)
+        d_cnew = d_c if zcs is None else torch.empty_like(d_c)
+        scratch = None if self.mask is None else torch.empty_like(_one(d_h_n, count))
+        mask = None if self.mask is None else _one(self.mask, count)
+        product = torch.mm if count == 1 else torch.bmm
+        addmm = torch.addmm if count == 1 else torch.baddbmm
+        d_qs: list[Tensor] = []
+        hid_shape = [hid]
+        for t in range(len(steps) - 1, -1, -1):
+            target = d_hs[t]
+            if t == len(steps) - 1:
+                if ends is None:
+                    torch.add(d_outs[t], injected_h, out=target)
+                else:
+                    target.copy_(d_outs[t])
+            else:
+                later = steps[t + 1] if not d_qs else d_qs[-1]
+                if mask is None or scratch is None:
+                    addmm(d_outs[t], later, self.w_hh, out=target)
+                else:
+                    torch.addcmul(
+                        d_outs[t], product(later, self.w_hh, out=scratch), mask, out=target
+                    )
+                if zhs is not None:
+                    target.addcmul_(zhs[t + 1], d_hs[t + 1])
+                if zcs is None:
+                    d_c = d_cnew.mul_(forget[t + 1])
+                else:
+                    d_c.mul_(zcs[t + 1]).addcmul_(forget[t + 1], d_cnew)
+            if ends is not None and t in ends:  # sequences ending here get d_h_n, d_c_n
+                lo, hi = ends[t]
+                target.narrow(-2, lo, hi - lo).add_(injected_h.narrow(-2, lo, hi - lo))
+                d_c.narrow(-2, lo, hi - lo).add_(injected_c.narrow(-2, lo, hi - lo))
+            d_hn = target
+            if d_hnews is not None and keep_h is not None:
+                d_hn = torch.mul(target, keep_h[t], out=d_hnews[t])
+            d_hc = d_hn
+            if d_hcs is not None and self.w_hr is not None:
+                d_hc = product(d_hn, self.w_hr, out=d_hcs[t])  # ([D,] N, H)
+            if keep_c is not None:
+                d_cnew = torch.mul(d_c, keep_c[t], out=d_cnew)
+            else:
+                d_cnew = d_c
+            if cnews is None:
+                d_cnew.addcmul_(d_hc, carry[t])
+            else:
+                mean, rstd = stat["mean_c"], stat["rstd_c"]
+                assert mean is not None and rstd is not None
+                d_norm = d_hc * carry[t]
+                d_cnew.add_(
+                    _LN_BACKWARD(
+                        d_norm, cnews[t], hid_shape, mean[t], rstd[t], None, None, _INPUT_ONLY
+                    )[0]
+                )
+                if po_ko is not None:
+                    d_cnew.addcmul_(d_hc, po_ko[t])
+            ifg[t].mul_(d_cnew.unsqueeze(-2))
+            og[t].mul_(d_hc)
+            if qs is not None and self.g_hh is not None:
+                mean, rstd = stat["mean_q"], stat["rstd_q"]
+                assert mean is not None and rstd is not None
+                d_qs.append(
+                    _LN_BACKWARD(
+                        steps[t] * self.g_hh,
+                        qs[t],
+                        [4 * hid],
+                        mean[t],
+                        rstd[t],
+                        None,
+                        None,
+                        _INPUT_ONLY,
+                    )[0]
+                )
+        d_q = None
+        if d_qs:
+            d_q = torch.stack(d_qs[::-1], 0 if count == 1 else 1)
+            d_q = d_q.unsqueeze(0) if count == 1 else d_q
+        return d_c, d_cnew, d_q
