@@ -69,6 +69,7 @@ def serves(variant: Any) -> bool:
         and cell.cell_clip is None
         and cell.proj_clip is None
         and cell.linear is F.linear
+        and getattr(cell, "ln_eps", LAYER_NORM_EPS) == LAYER_NORM_EPS  # the norms' epsilon
     )
 
 
@@ -148,7 +149,11 @@ def noise_of(
                 parts = [m.flip(0) if r else m for m, r in zip(given, reverses, strict=True)]
                 zones.append(torch.stack(parts) if len(parts) > 1 else parts[0].unsqueeze(0))
         elif p:
-            zones.append(torch.full((1, 1, 1, 1), p, dtype=like.dtype).expand(*shape, size))
+            zones.append(
+                torch.full((1, 1, 1, 1), p, dtype=like.dtype, device=like.device).expand(
+                    *shape, size
+                )
+            )
         else:
             zones.append(None)
     return Noise(mask, zones[0], zones[1])
