@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -215,10 +215,41 @@ def run_layer(
     elif train:
         out, h_n, c_n = _FastLayer.apply(inputs, h0, c0, mask, layout.ends, *flat)
     else:
-        with torch.no_grad():
-            out, h_n, c_n, _ = _forward(inputs, h0, c0, mask, flat, layout.ends, save=False)
-            out = _one(out, count)
+        out, h_n, c_n = _inference(
+            lambda into: _forward(inputs, h0, c0, mask, flat, layout.ends, False, into),
+            inputs,
+            _out_shape(inputs, flat),
+            h0,
+            c0,
+        )
     return _from_steps(out, layout), h_n, c_n
+
+
+def _out_shape(inputs: Tensor, flat: Sequence[Tensor | None]) -> tuple[int, ...]:
+    """``(D, L, N, H_out)``."""
+    weight_hh = cast(Tensor, flat[1])
+    return (*inputs.shape[:3], weight_hh.size(1))
+
+
+def _inference(
+    loop: Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Any]],
+    like: Tensor,
+    shape: tuple[int, ...],
+    h0: Tensor,
+    c0: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run an inference loop under ``torch.inference_mode`` (measured about 20% less per-op
+    overhead than ``no_grad`` for small layers), writing into results allocated outside it, so
+    the caller gets ordinary tensors (usable later in recorded computations).
+
+    Returns ``(out, h_n, c_n)``, ``out`` without the D axis for one direction."""
+    out = like.new_empty(shape)  # (D, L, N, H_out)
+    h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+    with torch.inference_mode():
+        _, h, c, _ = loop(out)
+        h_n.copy_(h)
+        c_n.copy_(c)
+    return _one(out, out.size(0)), h_n, c_n
 
 
 def _run_variant(
@@ -248,11 +279,16 @@ def _run_variant(
         return _fast_variants.FastVariantLayer.apply(  # type: ignore[no-any-return]
             inputs, h0, c0, noise, ends, rows, *flat, *extras
         )
-    with torch.no_grad():
-        out, h_n, c_n, _ = _fast_variants.forward(
-            inputs, h0, c0, noise, flat, _fast_variants.Extras(*extras), ends, rows, save=False
-        )
-    return _one(out, count), h_n, c_n
+    parameters = _fast_variants.Extras(*extras)
+    return _inference(
+        lambda into: _fast_variants.forward(
+            inputs, h0, c0, noise, flat, parameters, ends, rows, False, into
+        ),
+        inputs,
+        _out_shape(inputs, flat),
+        h0,
+        c0,
+    )
 
 
 def run_direction(
@@ -289,6 +325,7 @@ def _forward(
     flat: Sequence[Tensor | None],
     ends: Ends | None,
     save: bool,
+    into: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """The forward recurrence into preallocated buffers (autograd must be off).
 
@@ -297,6 +334,7 @@ def _forward(
         h0, c0: ``(D, N, H_out)``, ``(D, N, H_cell)``.
         mask: recurrent dropout's ``(D, N, H_out)`` mask on every h fed to ``W_hh``, or None.
         flat: the weights of every direction, 5 per direction.
+        into: where to write ``out`` (allocated here if None).
 
     Returns:
         ``(out, h_n, c_n, saved)`` with ``out`` ``(D, L, N, H_out)``; with ``save``, ``saved`` is
@@ -317,7 +355,7 @@ def _forward(
             torch.mm(x2d[d], w_ih[d].t(), out=by_row)
     whh_t = _one(_transposed(w_hh), count)  # ([D,] H_out, 4*H)
     whr_t = None if w_hr is None else _one(_transposed(w_hr), count)
-    out = inputs.new_empty(count, length, batch, out_size)  # (D, L, N, H_out)
+    out = inputs.new_empty(count, length, batch, out_size) if into is None else into
     h_n = h0.new_empty(h0.shape) if ends else None
     c_n = c0.new_empty(c0.shape) if ends else None
     loop = _Loop(

@@ -189,12 +189,14 @@ def forward(
     ends: Ends | None,
     sizes: Sequence[int] | None,
     save: bool,
+    into: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any] | None]:
     """The variant recurrence into preallocated buffers (autograd must be off).
 
     Args:
         inputs: ``(D, L, N, H_in)`` in processing order; h0, c0: ``(D, N, H_out)``, ``(D, N, H)``.
         ends, sizes: packed input: the rows ending at each step and each step's active rows.
+        into: where to write ``out`` (allocated here if None).
 
     Returns:
         ``(out, h_n, c_n, saved)``: ``out`` ``(D, L, N, H_out)``; with ``save``, what the backward
@@ -253,7 +255,7 @@ def forward(
 
     h_like = _one(h0, count)
     c_like = _one(c0, count)
-    out = new(count, length, batch, out_size)  # (D, L, N, H_out): every h_t
+    out = new(count, length, batch, out_size) if into is None else into  # (D, L, N, H_out)
     out_steps = _steps(out, count)
     steps = rows(_steps(gates, count))  # ([D,] N, 4H)
     by_gate = (gates[0] if count == 1 else gates).unflatten(-1, (4, hidden))  # ([D,] L, N, 4, H)
@@ -289,9 +291,9 @@ def forward(
     q_buf = buffer(4 * hidden, ln_hh is not None)
     qs = None if ln_hh is None else per_step(q_buf, _one(gates[:, 0], count))
     mask = None if noise.mask is None else _one(noise.mask, count)
-    into = masks = None
+    masked = masks = None  # h * mask per step, and the mask's rows
     if mask is not None:
-        into, masks = rows([torch.empty_like(mask)] * length), rows([mask] * length)
+        masked, masks = rows([torch.empty_like(mask)] * length), rows([mask] * length)
     p_if = p_o = None
     if peep is not None:
         p_if, p_o = _one(peep[:, None, :2], count), _one(peep[:, None, 2], count)
@@ -303,8 +305,8 @@ def forward(
     for t in range(length):
         h_in = (
             prev_h[t]
-            if masks is None or into is None
-            else torch.mul(prev_h[t], masks[t], out=into[t])
+            if masks is None or masked is None
+            else torch.mul(prev_h[t], masks[t], out=masked[t])
         )
         if qs is None:
             add_product(steps[t], h_in, whh_t)  # ([D,] N, 4H)
