@@ -380,7 +380,9 @@ def _forward(
         empty = inputs.new_zeros if ends else inputs.new_empty
         hcell = out if w_hr is None else empty(count, length, batch, hidden)
         cells = empty(count, length, batch, hidden)  # (D, L, N, H)
-        h_last, c_last = loop.train(gates, out, hcell, cells, _one(c0, count))
+        with torch.inference_mode():  # less per-op overhead; every buffer was allocated above
+            h_last, c_last = loop.train(gates, out, hcell, cells, _one(c0, count))
+        h_last, c_last = h_last.clone(), c_last.clone()  # ordinary tensors
         saved = (gates, cells, hcell)
     if h_n is not None and c_n is not None:
         return out, h_n, c_n, saved

@@ -138,17 +138,18 @@ def _backward(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Te
     w_hr_all = None if w_hr is None else _one(_stacked(w_hr), count)  # ([D,] H_out, H)
     d_h_all = d_out.new_empty(d_out.shape) if w_hr is not None else None
     step_mask = None if mask is None else _one(mask, count)
-    d_c = _bptt(
-        ctx.ends,
-        d_gates,
-        forgetgate,
-        b_carry,
-        (d_out, d_h_n, d_c_n),
-        d_h_all,
-        step_mask,
-        w_hh_all,
-        w_hr_all,
-    )
+    with torch.inference_mode():  # less per-op overhead; it writes into buffers made above
+        d_c = _bptt(
+            ctx.ends,
+            d_gates,
+            forgetgate,
+            b_carry,
+            (d_out, d_h_n, d_c_n),
+            d_h_all,
+            step_mask,
+            w_hh_all,
+            w_hr_all,
+        )
     needs = ctx.needs_input_grad
     product = torch.mm if count == 1 else torch.bmm
     d_h0 = None
@@ -156,7 +157,7 @@ def _backward(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Te
         d_h0 = product(_one(d_gates[:, 0], count), w_hh_all)
         if step_mask is not None:
             d_h0.mul_(step_mask)
-    d_c0 = d_c.mul_(_one(forgetgate[:, 0], count)) if needs[2] else None
+    d_c0 = d_c * _one(forgetgate[:, 0], count) if needs[2] else None  # an ordinary tensor
 
     d_g = _by_direction(d_gates)  # (D, L*N, 4*H)
     d_x = None

@@ -302,47 +302,48 @@ def forward(
     c_n = c0.new_empty(c0.shape) if packed else None
 
     h = c = h_like
-    for t in range(length):
-        h_in = (
-            prev_h[t]
-            if masks is None or masked is None
-            else torch.mul(prev_h[t], masks[t], out=masked[t])
-        )
-        if qs is None:
-            add_product(steps[t], h_in, whh_t)  # ([D,] N, 4H)
-        else:
-            r, mean, rstd = _norm(product(h_in, whh_t, out=qs[t]), ln_hh, None, count)
-            steps[t].add_(r)
-            if save:
-                stats["mean_q"].append(mean)
-                stats["rstd_q"].append(rstd)
-        if p_if is not None:
-            inforget[t].addcmul_(prev_c[t].unsqueeze(-2), p_if)
-        inforget[t].sigmoid_()
-        cellgate[t].tanh_()
-        c = torch.mul(forgetgate[t], prev_c[t], out=cnews[t]).addcmul_(ingate[t], cellgate[t])
-        if p_o is not None:
-            outgate[t].addcmul_(c, p_o)
-        outgate[t].sigmoid_()
-        if ln_c_w is None:
-            torch.tanh(c, out=tanh_outs[t])
-        else:
-            normed, mean, rstd = _norm(c, ln_c_w, ln_c_b, count)
-            torch.tanh(normed, out=tanh_outs[t])
-            if save:
-                stats["mean_c"].append(mean)
-                stats["rstd_c"].append(rstd)
-        h = torch.mul(outgate[t], tanh_outs[t], out=hcells[t])  # ([D,] N, H)
-        if projected is not None and whr_t is not None:
-            h = product(h, whr_t, out=projected[t])  # ([D,] N, H_out)
-        if zhs is not None:
-            h = torch.lerp(h, prev_h[t], zhs[t], out=outputs[t])
-        if zcs is not None:
-            c = torch.lerp(c, prev_c[t], zcs[t], out=states[t])
-        if ends is not None and t in ends and h_n is not None and c_n is not None:
-            lo, hi = ends[t]
-            _one(h_n, count).narrow(-2, lo, hi - lo).copy_(h.narrow(-2, lo, hi - lo))
-            _one(c_n, count).narrow(-2, lo, hi - lo).copy_(c.narrow(-2, lo, hi - lo))
+    with torch.inference_mode():  # less per-op overhead; every buffer was allocated above
+        for t in range(length):
+            h_in = (
+                prev_h[t]
+                if masks is None or masked is None
+                else torch.mul(prev_h[t], masks[t], out=masked[t])
+            )
+            if qs is None:
+                add_product(steps[t], h_in, whh_t)  # ([D,] N, 4H)
+            else:
+                r, mean, rstd = _norm(product(h_in, whh_t, out=qs[t]), ln_hh, None, count)
+                steps[t].add_(r)
+                if save:
+                    stats["mean_q"].append(mean)
+                    stats["rstd_q"].append(rstd)
+            if p_if is not None:
+                inforget[t].addcmul_(prev_c[t].unsqueeze(-2), p_if)
+            inforget[t].sigmoid_()
+            cellgate[t].tanh_()
+            c = torch.mul(forgetgate[t], prev_c[t], out=cnews[t]).addcmul_(ingate[t], cellgate[t])
+            if p_o is not None:
+                outgate[t].addcmul_(c, p_o)
+            outgate[t].sigmoid_()
+            if ln_c_w is None:
+                torch.tanh(c, out=tanh_outs[t])
+            else:
+                normed, mean, rstd = _norm(c, ln_c_w, ln_c_b, count)
+                torch.tanh(normed, out=tanh_outs[t])
+                if save:
+                    stats["mean_c"].append(mean)
+                    stats["rstd_c"].append(rstd)
+            h = torch.mul(outgate[t], tanh_outs[t], out=hcells[t])  # ([D,] N, H)
+            if projected is not None and whr_t is not None:
+                h = product(h, whr_t, out=projected[t])  # ([D,] N, H_out)
+            if zhs is not None:
+                h = torch.lerp(h, prev_h[t], zhs[t], out=outputs[t])
+            if zcs is not None:
+                c = torch.lerp(c, prev_c[t], zcs[t], out=states[t])
+            if ends is not None and t in ends and h_n is not None and c_n is not None:
+                lo, hi = ends[t]
+                _one(h_n, count).narrow(-2, lo, hi - lo).copy_(h.narrow(-2, lo, hi - lo))
+                _one(c_n, count).narrow(-2, lo, hi - lo).copy_(c.narrow(-2, lo, hi - lo))
 
     if save:
         for name, parts in stats.items():

@@ -121,7 +121,8 @@ def variant_backward(
         h_ins,
         None if d_w_hh is None else _one(d_w_hh, count),
     )
-    d_c, d_cnew, d_q0, gains = loop.run((d_out, d_h_n, d_c_n), d_h_all, d_hnew_all, d_hc_all)
+    with torch.inference_mode():  # less per-op overhead; it writes into buffers made above
+        d_c, d_cnew, d_q0, gains = loop.run((d_out, d_h_n, d_c_n), d_h_all, d_hnew_all, d_hc_all)
 
     # Gradients of the initial state: dh_{-1} = m (R_0 W_hh) + z_h dh_0, dc_{-1} likewise.
     recurrent_0 = _one(d_gates[:, 0], count) if d_q0 is None else d_q0  # into W_hh at step 0
