@@ -14,6 +14,9 @@ them.
   written into the step's slot of a preallocated buffer, and h written into its slot of the
   output;
 * inference (no input needs a gradient): the same loop, saving nothing;
+* the per-step loops (forward, inference and backward) run under ``torch.inference_mode``
+  (measured ~13-20% less per-op overhead than ``no_grad`` at small sizes); every buffer they
+  write is allocated outside it, so what they hand back are ordinary tensors;
 * backward: the derivative factors of every gate are computed for all steps at once (large
   elementwise ops), so a step only does one product for dh and four small elementwise ops; dW_ih,
   dW_hh, dW_hr, the biases and dx are each one large GEMM (or sum) after the loop;
