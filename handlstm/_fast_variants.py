@@ -298,6 +298,8 @@ def forward(
     if peep is not None:
         p_if, p_o = _one(peep[:, None, :2], count), _one(peep[:, None, 2], count)
     stats: dict[str, list[Tensor]] = {"mean_q": [], "rstd_q": [], "mean_c": [], "rstd_c": []}
+    one_sigmoid = not save and peep is None  # (training keeps the activated g in ``gates``)
+    g_aside: Sequence[Tensor] = per_step(None, c_like) if one_sigmoid else ()
     h_n = h0.new_empty(h0.shape) if packed else None
     c_n = c0.new_empty(c0.shape) if packed else None
 
@@ -317,14 +319,19 @@ def forward(
                 if save:
                     stats["mean_q"].append(mean)
                     stats["rstd_q"].append(rstd)
-            if p_if is not None:
-                inforget[t].addcmul_(prev_c[t].unsqueeze(-2), p_if)
-            inforget[t].sigmoid_()
-            cellgate[t].tanh_()
-            c = torch.mul(forgetgate[t], prev_c[t], out=cnews[t]).addcmul_(ingate[t], cellgate[t])
-            if p_o is not None:
-                outgate[t].addcmul_(c, p_o)
-            outgate[t].sigmoid_()
+            if one_sigmoid:  # inference without peepholes: g aside, then i, f, o at once
+                g_t = torch.tanh(cellgate[t], out=g_aside[t])
+                steps[t].sigmoid_()
+            else:
+                if p_if is not None:
+                    inforget[t].addcmul_(prev_c[t].unsqueeze(-2), p_if)
+                inforget[t].sigmoid_()
+                g_t = cellgate[t].tanh_()
+            c = torch.mul(forgetgate[t], prev_c[t], out=cnews[t]).addcmul_(ingate[t], g_t)
+            if not one_sigmoid:
+                if p_o is not None:
+                    outgate[t].addcmul_(c, p_o)
+                outgate[t].sigmoid_()
             if ln_c_w is None:
                 torch.tanh(c, out=tanh_outs[t])
             else:
