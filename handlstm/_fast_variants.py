@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ._cell import DEFAULT_VARIANT
 from ._fast_backward import recompute_gradients
 from ._fast_layout import Ends, _one, _steps, _transposed, _weights
 from ._fast_variants_backward import variant_backward
@@ -56,21 +56,31 @@ class Noise(NamedTuple):
     zone_c: Tensor | None  # (D, L, N, H)
 
 
+#: The step options the fast path computes; every other CellVariant field must be neutral.
+_SERVED = frozenset(
+    ("peephole_i", "peephole_f", "peephole_o", "ln_hh", "ln_c_weight", "ln_c_bias")
+    + ("zoneout_h", "zoneout_c")
+)
+
+
 def serves(variant: Any) -> bool:
-    """Whether the fast path computes this variant's steps: nn.LSTM's activations, no clipping,
-    no per-step recording, the plain linear (per-sample gradients swap in a recording one)."""
+    """Whether the fast path computes this variant's steps: no per-step recording, and every
+    step option other than peepholes, layer norm and zoneout at its default (nn.LSTM's
+    activations, no clipping, the plain linear: per-sample gradients swap in a recording one;
+    the default layer-norm epsilon; any field added later keeps the fast path off until it is
+    handled here)."""
     if variant is None:
         return True
+    if variant.record:
+        return False
     cell = variant.cell
-    return (
-        not variant.record
-        and cell.gate_activation is torch.sigmoid
-        and cell.cell_activation is torch.tanh
-        and cell.cell_clip is None
-        and cell.proj_clip is None
-        and cell.linear is F.linear
-        and getattr(cell, "ln_eps", LAYER_NORM_EPS) == LAYER_NORM_EPS  # the norms' epsilon
-    )
+    for name in cell._fields:
+        if name in _SERVED:
+            continue
+        mine, neutral = getattr(cell, name), getattr(DEFAULT_VARIANT, name)
+        if not (mine is neutral or (isinstance(mine, float) and mine == neutral)):
+            return False
+    return True
 
 
 def is_plain(variant: Any) -> bool:
