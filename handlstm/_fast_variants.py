@@ -32,7 +32,17 @@ from torch import Tensor
 
 from ._cell import DEFAULT_VARIANT
 from ._fast_backward import recompute_gradients
-from ._fast_layout import Ends, _one, _steps, _transposed, _weights
+from ._fast_layout import (
+    Ends,
+    _active_rows,
+    _inference,
+    _one,
+    _out_shape,
+    _steps,
+    _time_index,
+    _transposed,
+    _weights,
+)
 from ._fast_variants_backward import variant_backward
 from ._options import LAYER_NORM_EPS
 
@@ -167,6 +177,42 @@ def noise_of(
         else:
             zones.append(None)
     return Noise(mask, zones[0], zones[1])
+
+
+def run_layer(
+    inputs: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    mask: Tensor | None,
+    flat: Sequence[Tensor | None],
+    variants: Sequence[Any],
+    extras: Sequence[Tensor | None],
+    layout: Any,
+    batch_sizes: Sequence[int] | None,
+    train: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A layer with zoneout, peepholes or layer norm: the masks in processing order, then the
+    Function (training) or the inference loop. Called by :func:`handlstm._fast.run_layer`."""
+    count, length, batch, _ = inputs.shape
+    order = None
+    if batch_sizes is not None:
+        order = _time_index(batch_sizes, layout.reverses, inputs.device)
+    sizes = (h0.size(-1), c0.size(-1))
+    noise = noise_of(variants, mask, (count, length, batch), sizes, inputs, layout.reverses, order)
+    ends = layout.ends
+    rows = None if not ends else _active_rows(ends, length)
+    if train:
+        return FastVariantLayer.apply(  # type: ignore[no-any-return]
+            inputs, h0, c0, noise, ends, rows, *flat, *extras
+        )
+    parameters = Extras(*extras)
+    return _inference(
+        lambda into: forward(inputs, h0, c0, noise, flat, parameters, ends, rows, False, into),
+        inputs,
+        _out_shape(inputs, flat),
+        h0,
+        c0,
+    )
 
 
 # -- the forward recurrence ----------------------------------------------------------------------
