@@ -11,6 +11,7 @@ Shapes: D directions, L sequence, N batch, H_in input size, H_cell hidden size, 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -23,24 +24,57 @@ def _backward_by_recompute(
     ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor
 ) -> tuple[Tensor | None, ...]:
     """Gradients as a differentiable function of the inputs: recompute, then autograd.grad."""
-    from ._fast import disabled  # at call time: _fast imports this module
-    from ._scan import DirectionWeights, ScanVariant
-    from ._scan import run_direction as composed
+    from ._scan import ScanVariant
 
     saved = ctx.saved_tensors
     mask = saved[3]
-    inputs = [saved[0], saved[1], saved[2], *saved[8:]]  # the Function's differentiable inputs
-    index = [0, 1, 2, *range(5, 5 + len(saved) - 8)]  # their positions in forward's arguments
-    wanted = [k for k, at in enumerate(index) if ctx.needs_input_grad[at]]
+    differentiable = [saved[0], saved[1], saved[2], *saved[8:]]  # the Function's inputs
+    positions = [0, 1, 2, *range(5, 5 + len(saved) - 8)]  # their places in forward's arguments
     ends: Ends | None = ctx.ends
+
+    def variant_of(d: int, rest: Sequence[Tensor | None]) -> Any:
+        if not ends and mask is None:
+            return None
+        return ScanVariant(h_mask=None if mask is None else mask[d], record=bool(ends))
+
+    count = saved[0].size(0)
+    grads = (d_out, d_h_n, d_c_n)
+    return recompute_gradients(
+        ctx.needs_input_grad, differentiable, positions, grads, ends, count, variant_of
+    )
+
+
+def recompute_gradients(
+    needs: Sequence[bool],
+    differentiable: Sequence[Tensor | None],
+    positions: Sequence[int],
+    grads: tuple[Tensor, Tensor, Tensor],
+    ends: Ends | None,
+    count: int,
+    variant_of: Callable[[int, Sequence[Tensor | None]], Any],
+) -> tuple[Tensor | None, ...]:
+    """Double backward of a fast-path Function: each direction recomputed on the composed path
+    (in processing order, from the saved inputs), then differentiated with ``create_graph``.
+
+    Args:
+        needs: the Function's ``ctx.needs_input_grad``.
+        differentiable: ``(inputs, h0, c0, *weights, *rest)``: the Function's tensor inputs
+            (``inputs`` ``(D, L, N, H_in)``, 5 weights per direction, then anything else).
+        positions: each one's place in the Function's arguments.
+        variant_of: ``(direction, differentiable[3:]) -> ScanVariant or None``.
+    """
+    from ._fast import disabled  # at call time: _fast imports this module
+    from ._scan import DirectionWeights
+    from ._scan import run_direction as composed
+
+    wanted = [k for k, at in enumerate(positions) if needs[at]]
     with torch.enable_grad(), disabled():
-        x, h0, c0, *flat = inputs
+        x, h0, c0, *rest = differentiable
+        assert x is not None and h0 is not None and c0 is not None
         outs, hs, cs = [], [], []
-        for d in range(x.size(0)):
-            variant = None
-            if ends or mask is not None:
-                variant = ScanVariant(h_mask=None if mask is None else mask[d], record=bool(ends))
-            weights = DirectionWeights(*flat[5 * d : 5 * d + 5])
+        for d in range(count):
+            variant = variant_of(d, rest)
+            weights = DirectionWeights(*rest[5 * d : 5 * d + 5])  # type: ignore[arg-type]
             out, h, c = composed(x[d], None, h0[d], c0[d], weights, False, variant)
             if ends and variant is not None:  # each sequence's state at its own last step
                 order = sorted(ends.items(), key=lambda item: item[1][0])
@@ -52,16 +86,18 @@ def _backward_by_recompute(
             cs.append(c)
         joined = outs[0] if len(outs) == 1 else torch.stack(outs)  # as forward returned it
         results = (joined, torch.stack(hs), torch.stack(cs))
-        grads = torch.autograd.grad(
+        found = torch.autograd.grad(
             results,
-            [inputs[k] for k in wanted],
-            (d_out, d_h_n, d_c_n),
+            [cast(Tensor, differentiable[k]) for k in wanted],
+            grads,
             create_graph=True,
             allow_unused=True,
         )
-    result: list[Tensor | None] = [None] * (5 + len(flat))
-    for k, grad in zip(wanted, grads, strict=True):
-        result[index[k]] = grad if grad is not None else torch.zeros_like(inputs[k])
+    result: list[Tensor | None] = [None] * len(needs)
+    for k, grad in zip(wanted, found, strict=True):
+        leaf = differentiable[k]
+        assert leaf is not None
+        result[positions[k]] = grad if grad is not None else torch.zeros_like(leaf)
     return tuple(result)
 
 
@@ -102,17 +138,18 @@ def _backward(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Te
     w_hr_all = None if w_hr is None else _one(_stacked(w_hr), count)  # ([D,] H_out, H)
     d_h_all = d_out.new_empty(d_out.shape) if w_hr is not None else None
     step_mask = None if mask is None else _one(mask, count)
-    d_c = _bptt(
-        ctx.ends,
-        d_gates,
-        forgetgate,
-        b_carry,
-        (d_out, d_h_n, d_c_n),
-        d_h_all,
-        step_mask,
-        w_hh_all,
-        w_hr_all,
-    )
+    with torch.inference_mode():  # less per-op overhead; it writes into buffers made above
+        d_c = _bptt(
+            ctx.ends,
+            d_gates,
+            forgetgate,
+            b_carry,
+            (d_out, d_h_n, d_c_n),
+            d_h_all,
+            step_mask,
+            w_hh_all,
+            w_hr_all,
+        )
     needs = ctx.needs_input_grad
     product = torch.mm if count == 1 else torch.bmm
     d_h0 = None
@@ -120,7 +157,7 @@ def _backward(ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple[Te
         d_h0 = product(_one(d_gates[:, 0], count), w_hh_all)
         if step_mask is not None:
             d_h0.mul_(step_mask)
-    d_c0 = d_c.mul_(_one(forgetgate[:, 0], count)) if needs[2] else None
+    d_c0 = d_c * _one(forgetgate[:, 0], count) if needs[2] else None  # an ordinary tensor
 
     d_g = _by_direction(d_gates)  # (D, L*N, 4*H)
     d_x = None

@@ -186,8 +186,7 @@ def run_direction(
         return _traced.opaque_direction(x, h0, c0, weights, reverse)
     traced = batch_sizes is None and _traced.wanted(x.size(0), lengths)
     if not traced and _fast.can_serve(x, batch_sizes, h0, c0, weights, variant):
-        mask = None if variant is None else variant.h_mask
-        return _fast.run_direction(x, h0, c0, weights, reverse, batch_sizes, mask)
+        return _fast.run_direction(x, h0, c0, weights, reverse, batch_sizes, variant)
     bias = None
     if weights.bias_ih is not None and weights.bias_hh is not None:
         bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
@@ -232,8 +231,7 @@ def run_layer(
     """
     flat = [t for direction in weights for t in direction]
     if lengths is None and _fast.can_serve(x, batch_sizes, h0, c0, flat, list(variants)):
-        masks = [None if v is None else v.h_mask for v in variants]
-        return _fast.run_layer(x, batch_sizes, h0, c0, weights, masks=masks)
+        return _fast.run_layer(x, batch_sizes, h0, c0, weights, variants=variants)
     outputs, h_n, c_n = [], [], []
     for direction, (direction_weights, variant) in enumerate(zip(weights, variants, strict=True)):
         out, h, c = run_direction(

@@ -517,8 +517,14 @@ def test_dispatch_mode_takes_composed_path() -> None:
     torch.testing.assert_close(out, ref(x)[0], rtol=1e-10, atol=1e-10)
 
 
-def test_variant_takes_composed_path() -> None:
-    mine = HandLSTM(3, 4, layer_norm=True, dtype=F64)
+@pytest.mark.parametrize(
+    "options",
+    [{"cell_clip": 0.5}, {"gate_activation": torch.nn.functional.hardsigmoid}],
+)
+def test_variant_takes_composed_path(options: dict[str, Any]) -> None:
+    """Variants the fast path does not compute (clipping, other activations; zoneout,
+    peepholes and layer norm are served, see tests/test_fast_variants.py)."""
+    mine = HandLSTM(3, 4, dtype=F64, **options)
     x = torch.randn(4, 2, 3, dtype=F64)
     with path_counter() as seen:
         out, _ = mine(x)
@@ -534,3 +540,28 @@ def test_empty_batch_takes_composed_path() -> None:
         out, (h, c) = mine(x)
     assert seen["fast"] == 0
     assert out.shape == ref(x)[0].shape
+
+
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True, "zoneout_h": 0.2}])
+@pytest.mark.parametrize("packed", [False, True])
+def test_inference_results_are_ordinary_tensors(options: dict[str, Any], packed: bool) -> None:
+    """The inference loops run under inference_mode internally, but hand back ordinary tensors:
+    a caller can still use them in a recorded computation afterwards."""
+    mine = HandLSTM(3, 4, num_layers=2, bidirectional=True, dtype=F64, **options).eval()
+    x: Any = torch.randn(5, 3, 3, dtype=F64)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([5, 2, 4]), enforce_sorted=False)
+    with torch.no_grad(), path_counter() as seen:
+        out, (h, c) = mine(x)
+    assert seen["inference"] == 4
+    out = out.data if packed else out
+    for t in (out, h, c):
+        assert not t.is_inference()
+    weight = torch.ones(out.shape[-1], dtype=F64, requires_grad=True)
+    ((out * weight).sum() + (h * c.sum()).sum()).backward()  # fails for inference tensors
+    assert weight.grad is not None
+    with _fast.disabled(), torch.no_grad():
+        want, (eh, ec) = mine(x)
+    want = want.data if packed else want
+    for a, b in ((out, want), (h, eh), (c, ec)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
