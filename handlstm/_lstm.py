@@ -501,7 +501,9 @@ class HandLSTM(nn.Module):
             and x.device == weight.device
         ):
             states = self.num_layers * (2 if self.bidirectional else 1)
-            h0 = c0 = x.new_zeros((states, batch, self.hidden_size))  # nothing writes into them
+            # two tensors: a scan (compile/export) refuses initial states that alias each other
+            h0 = x.new_zeros((states, batch, self.hidden_size))
+            c0 = x.new_zeros((states, batch, self.hidden_size))
         else:
             h0, c0 = self._initial_state(hx, x, batch, batched, 3, weight)
         if steps == 0:
@@ -557,10 +559,8 @@ class HandLSTM(nn.Module):
         if hx is None:
             if x.device != weight.device:
                 _checks.check_devices(x, (), weight)  # raises
-            h0 = x.new_zeros(expected_h)
-            if self.proj_size > 0:
-                return h0, x.new_zeros((states, batch, self.hidden_size))
-            return h0, h0  # one zero tensor for both (nothing writes into the initial states)
+            # two tensors even without projection: a scan refuses initial states that alias
+            return x.new_zeros(expected_h), x.new_zeros((states, batch, self.hidden_size))
         _checks.check_hidden_size(h0, expected_h, 0)
         _checks.check_hidden_size(c0, (states, batch, self.hidden_size), 1)
         _checks.check_hx_structure(hx, batched)

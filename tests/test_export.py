@@ -161,6 +161,17 @@ def test_export_dynamic_length_equals_nn_lstm_at_unseen_lengths(
     check_unseen_lengths(program, ref, batched, with_hx)
 
 
+@pytest.mark.parametrize("config", [{}, {"num_layers": 2, "bidirectional": True}])
+def test_export_without_hx_survives_decompositions(config: dict[str, Any]) -> None:
+    """Without hx the zero initial states are two tensors: torch's scan refuses initial carries
+    that alias each other, in the decompositions that ONNX and AOTInductor run (a shared zero
+    tensor for h_0 and c_0 failed there, while the plain export passed). The decomposed
+    program still equals nn.LSTM at unseen lengths."""
+    ref, lstm = pair(**config)
+    program = export_any_length(lstm, batched=True, with_hx=False).run_decompositions()
+    check_unseen_lengths(program, ref, batched=True, with_hx=False, cases=UNSEEN[:3])
+
+
 def test_export_all_flags_then_save_load_round_trip(tmp_path: Path) -> None:
     """Every constructor flag at once, hx given with a dynamic batch; then the program saved
     with torch.export.save and loaded back runs the unseen lengths too."""
