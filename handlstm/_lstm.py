@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterator
 from typing import Any, NamedTuple, NoReturn, overload
 
@@ -269,17 +268,14 @@ class HandLSTM(nn.Module):
         """Every layer's parameters, per direction, read once per forward call (nothing
         derived from them is kept across calls).
 
-        All of them come out of ``self._parameters`` in one ``itemgetter`` call over
+        All of them come out of ``self._parameters`` in one pass over
         ``_flat_weights_names`` (nn.LSTM's order, which is ``DirectionWeights``' order with
         absent kinds left out); a name not there (a parametrized weight) falls back to
         :meth:`_read_weights`.
         """
-        getter = self.__dict__.get("_flat_weights_getter")
-        if getter is None:
-            getter = operator.itemgetter(*self._flat_weights_names)  # at least 2 names
-            self.__dict__["_flat_weights_getter"] = getter
-        try:
-            values = getter(self._parameters)
+        params = self._parameters
+        try:  # a list, not a kept operator.itemgetter: Dynamo cannot call one it did not build
+            values = [params[name] for name in self._flat_weights_names]
         except KeyError:
             return [
                 [self._read_weights(names) for names in layer] for layer in self._weight_names()

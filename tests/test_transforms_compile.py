@@ -566,3 +566,29 @@ def test_nn_lstm_export_works_measured() -> None:
     x, _ = example_inputs(model)
     program = torch.export.export(model, (x,))
     torch.testing.assert_close(program.module()(x), model(x), **TOL)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: HandLSTM(3, 4, dtype=DT), id="lstm"),
+        pytest.param(lambda: HandLSTM(3, 4, num_layers=2, proj_size=2, dtype=DT), id="lstm-proj"),
+        pytest.param(lambda: HandLSTMCell(3, 4, dtype=DT), id="cell"),
+    ],
+)
+def test_compile_fullgraph_after_eager_calls(make: Any) -> None:
+    """A module called eagerly first, then compiled with fullgraph: whatever the eager calls left
+    in the module's ``__dict__`` (structure only) must be something Dynamo can trace (a kept
+    ``operator.itemgetter`` was not), and the compiled call equals the eager one."""
+    torch.manual_seed(0)
+    module = make()
+    x = (
+        torch.randn(5, 2, 3, dtype=DT)
+        if isinstance(module, HandLSTM)
+        else torch.randn(2, 3, dtype=DT)
+    )
+    expected = module(x)
+    module(x)
+    torch._dynamo.reset()
+    got = torch.compile(module, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, expected, **TOL)
