@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, NamedTuple, NoReturn, overload
+from typing import Any, NamedTuple, NoReturn, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -275,7 +275,7 @@ class HandLSTM(nn.Module):
         """
         params = self._parameters
         try:  # a list, not a kept operator.itemgetter: Dynamo cannot call one it did not build
-            values = [params[name] for name in self._flat_weights_names]
+            values = cast(list[Tensor], [params[name] for name in self._flat_weights_names])
         except KeyError:
             return [
                 [self._read_weights(names) for names in layer] for layer in self._weight_names()
