@@ -533,21 +533,23 @@ def test_hooks_without_a_wrapper_module():
     assert "forward" not in model.lstm.__dict__
 
 
+class Seq2Seq(nn.Module):
+    """Encoder and decoder; the encoder's gradient arrives only through the decoder's hx."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = HandLSTM(H_IN, H, num_layers=2)
+        self.decoder = HandLSTM(H_IN, H, num_layers=2)
+
+    def forward(self, x: Tensor) -> tuple[object, Tensor, Tensor]:
+        _, state = self.encoder(x)
+        out, (h, c) = self.decoder(x.flip(0), state)
+        return out, h, c
+
+
 def test_encoder_decoder_through_hx():
     """Two HandLSTMs, the decoder started from the encoder's (h_n, c_n): gradients flow into
     the encoder only through hx."""
-
-    class Seq2Seq(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = HandLSTM(H_IN, H, num_layers=2)
-            self.decoder = HandLSTM(H_IN, H, num_layers=2)
-
-        def forward(self, x: Tensor) -> tuple[object, Tensor, Tensor]:
-            _, state = self.encoder(x)
-            out, (h, c) = self.decoder(x.flip(0), state)
-            return out, h, c
-
     torch.manual_seed(0)
     model = Seq2Seq().to(DT)
     reference = copy.deepcopy(model)

@@ -28,10 +28,22 @@ pytestmark = [
 from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
 from opacus.optimizers import DPOptimizerFastGradientClipping  # noqa: E402
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping  # noqa: E402
-from test_opacus import DT, H_IN, TOL, H, L, N, Net, make_input, oracle, per_sample_loss  # noqa: E402
+from test_opacus import (  # noqa: E402
+    DT,
+    H_IN,
+    TOL,
+    H,
+    L,
+    N,
+    Net,
+    Seq2Seq,
+    make_input,
+    oracle,
+    per_sample_loss,
+)
 
 import handlstm.opacus  # noqa: E402,F401
-from handlstm import HandLSTM, HandLSTMCell, _per_sample  # noqa: E402
+from handlstm import HandLSTMCell, _per_sample  # noqa: E402
 
 
 class PerSampleLoss(nn.Module):
@@ -148,20 +160,6 @@ def test_cell_loop_clipped_pass_is_replayed_call_by_call(spy):
     assert len(spy["replays"]) == L
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], **TOL, msg=name)
-
-
-class Seq2Seq(nn.Module):
-    """Encoder and decoder; the encoder's gradient arrives only through the decoder's hx."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = HandLSTM(H_IN, H, num_layers=2)
-        self.decoder = HandLSTM(H_IN, H, num_layers=2)
-
-    def forward(self, x: Tensor) -> tuple[object, Tensor, Tensor]:
-        _, state = self.encoder(x)
-        out, (h, c) = self.decoder(x.flip(0), state)
-        return out, h, c
 
 
 def grads_of(model: nn.Module, loss: Tensor) -> list[Tensor]:
