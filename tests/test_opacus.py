@@ -16,11 +16,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 opacus = pytest.importorskip("opacus", reason="opacus is an optional extra: pip install .[opacus]")
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),  # opacus's
+#: opacus's own warnings, for every opacus test module (test_opacus_*.py import it)
+OPACUS_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),
     pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning"),
     pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning"),
 ]
+pytestmark = OPACUS_WARNINGS
 
 from opacus import GradSampleModule  # noqa: E402
 from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402

@@ -19,11 +19,9 @@ import torch
 from torch import Tensor, nn
 
 opacus = pytest.importorskip("opacus", reason="opacus is an optional extra: pip install .[opacus]")
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),  # opacus's
-    pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning"),
-    pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning"),
-]
+from test_opacus import OPACUS_WARNINGS  # noqa: E402
+
+pytestmark = OPACUS_WARNINGS
 
 from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
 from opacus.optimizers import DPOptimizerFastGradientClipping  # noqa: E402
