@@ -18,7 +18,7 @@ __all__ = [
     "swap_lstms",
     "time_loop",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if "opacus" in _sys.modules:  # opacus already loaded: teach it HandLSTM (never imports opacus)
     from . import opacus as _opacus  # noqa: F401

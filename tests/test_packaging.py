@@ -77,3 +77,20 @@ def test_no_numpy_warning_from_handlstm_and_filters_left_as_they_were() -> None:
     assert result.returncode == 0, result.stderr
     assert "ran (2, 1, 4)" in result.stdout and "usage: handlstm check" in result.stdout
     assert "NumPy" not in result.stderr, result.stderr
+
+
+def test_one_version_everywhere() -> None:
+    """pyproject.toml, ``handlstm.__version__`` and ``handlstm --version`` name one release."""
+    import tomllib
+
+    import handlstm
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert handlstm.__version__ == declared
+    result = subprocess.run(
+        [sys.executable, "-m", "handlstm", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"handlstm {declared}"
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## [{declared}] - " in changelog
