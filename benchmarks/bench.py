@@ -59,9 +59,9 @@ import handlstm  # noqa: E402
 from handlstm import HandLSTM  # noqa: E402
 
 try:
-    from handlstm import _fast  # noqa: E402
-except ImportError:  # pragma: no cover - before the fast path existed
-    _fast = None  # type: ignore[assignment]
+    from handlstm.engines import choose as _choose  # noqa: E402
+except ImportError:  # pragma: no cover - before the engines existed
+    _choose = None  # type: ignore[assignment]
 
 try:
     from opacus.layers import DPLSTM  # noqa: E402
@@ -142,10 +142,10 @@ BASELINE = "nn.LSTM"
 @contextlib.contextmanager
 def fast_path(enabled: bool) -> Iterator[None]:
     """Switch HandLSTM's fast path on or off (no-op if the fast path does not exist)."""
-    if _fast is None or enabled:
+    if _choose is None or enabled:
         yield
         return
-    with _fast.disabled():
+    with _choose.fast_disabled():
         yield
 
 
@@ -211,7 +211,7 @@ def implementations(with_composed: bool = True) -> list[str]:
     impls = [BASELINE, "HandLSTM"]
     if BEFORE is not None:
         impls.append(BEFORE_NAME)
-    if with_composed and _fast is not None:
+    if with_composed and _choose is not None:
         impls.append("HandLSTM-composed")
     if DPLSTM is not None:
         impls.append("DPLSTM")

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils import benchmark
 
 from handlstm import HandLSTM
-from handlstm._traced import time_loop
+from handlstm.engines.tracing import time_loop
 
 MEDIUM = {"length": 64, "batch": 32, "input": 128, "hidden": 256}
 

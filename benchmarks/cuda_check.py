@@ -36,7 +36,8 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from handlstm import HandLSTM, _fast  # noqa: E402
+from handlstm import HandLSTM  # noqa: E402
+from handlstm.engines.fast import serves as fast_serves  # noqa: E402
 from handlstm.testing import assert_lstm_close  # noqa: E402
 
 PARITY_CONFIGS: list[dict[str, Any]] = [
@@ -53,12 +54,12 @@ class FastOnCuda:
     """Let the fast path serve CUDA tensors inside this context (experimental)."""
 
     def __enter__(self) -> None:
-        self.had = "cuda" in _fast._DEVICE_TYPES
-        _fast._DEVICE_TYPES.add("cuda")
+        self.had = "cuda" in fast_serves.DEVICE_TYPES
+        fast_serves.DEVICE_TYPES.add("cuda")
 
     def __exit__(self, *exc: object) -> None:
         if not self.had:
-            _fast._DEVICE_TYPES.discard("cuda")
+            fast_serves.DEVICE_TYPES.discard("cuda")
 
 
 def make_input(config: dict[str, Any], kind: str, dtype: torch.dtype, device: str) -> Any:

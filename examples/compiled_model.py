@@ -4,7 +4,8 @@ nn.LSTM cannot be captured (``fullgraph=True`` raises "Dynamo does not support R
 LSTM"); HandLSTM compiles into one graph. When the sequence length is symbolic
 (``dynamic=True``, ``torch._dynamo.mark_dynamic(x, 0)``, the automatic-dynamic recompile after a
 second length, or ``torch.export`` with a ``Dim`` on it) each direction's time loop is one
-``scan`` (handlstm/_traced.py): one graph and one exported program serve every length. Shown here:
+``scan`` (handlstm/engines/traced.py): one graph and one exported program serve every length.
+Shown here:
 
 * any length, one graph: ``mark_dynamic`` on the time dimension, five lengths, one compile;
 * any length, one exported program, with per-sequence lengths (``forward(x, lengths=)``: a

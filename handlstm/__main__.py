@@ -1,5 +1,5 @@
-"""``python -m handlstm``: the ``handlstm`` command (see :mod:`handlstm.cli`)."""
+"""``python -m handlstm``: the ``handlstm`` command (see :mod:`handlstm.tools.cli`)."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import handlstm
-from handlstm import _sweep, cli
+from handlstm.tools import cli
+from handlstm.tools import sweep as _sweep
 
 ALL_CHECKS = cli.default_checks()
 
@@ -498,7 +499,7 @@ def test_impl_that_cannot_be_loaded_is_a_usage_error(spec, capsys):
 def test_protocol_4_rewrite_reads_exactly_what_protocol_2_reads(tmp_path):
     """Strings that are both global names and keys (memoized, then fetched again), nesting,
     shared tensors, views and every dtype a state dict may hold: the same flat dict either way."""
-    from handlstm._checkpoint import load_checkpoint
+    from handlstm.tools.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
     shared = torch.randn(4, 3, dtype=torch.float64)

@@ -1,7 +1,7 @@
 """Claim: help() on every public name documents it and points only at public names.
 
 A wheel ships the package, not docs/ or tests/, so help text naming ``docs/*.md`` or a private
-module (``handlstm._options``) sends a user nowhere. forward of both modules has its own
+module (``handlstm.core.options``) sends a user nowhere. forward of both modules has its own
 docstring with the shape legend (otherwise help shows nn.Module's generic text).
 """
 

@@ -1,8 +1,8 @@
 """torch.export, AOTInductor and ONNX at any sequence length: one program, lengths it never saw.
 
 Under export (and compile) a symbolic sequence length makes run_direction take the traced loop
-(handlstm/_traced.py): one ``scan`` per direction, whose combine function is the same step
-(handlstm/_cell.py). Oracle: nn.LSTM with the same state dict, float64, rtol = atol = 1e-10
+(handlstm/engines/traced.py): one ``scan`` per direction, whose combine function is the same step
+(handlstm/core/lstm.py). Oracle: nn.LSTM with the same state dict, float64, rtol = atol = 1e-10
 (ONNX: float32, 1e-5). Programs are exported at L=5 and N=3 and run at lengths and batch sizes
 never seen. Each export costs seconds on 2 cores: the default run exports the default config and
 one config with every flag on; one flag at a time, AOTInductor and ONNX are marked slow.
@@ -21,7 +21,7 @@ from torch.export import Dim
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from handlstm import HandLSTM
-from handlstm._traced import UNROLL_MAX_STEPS, time_loop
+from handlstm.engines.tracing import UNROLL_MAX_STEPS, time_loop
 
 DT = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -314,7 +314,7 @@ def test_aoti_dynamic_length(tmp_path: Path) -> None:
 @needs_cxx
 def test_aoti_dynamic_length_and_batch(tmp_path: Path) -> None:
     """Batch and length both dynamic: inductor's scan lowering in torch 2.13 raised
-    ``KeyError`` on the batch symbol; the workaround in handlstm/_traced.py (see
+    ``KeyError`` on the batch symbol; the workaround in handlstm/engines/traced.py (see
     docs/works_with.md) must keep this passing."""
     torch.manual_seed(0)
     ref = nn.LSTM(3, 4).eval()

@@ -167,9 +167,9 @@ def test_lengths_bad_input(make_input: Any, lengths: Any, error: type, match: st
 
 
 def test_constant_at_trace_time_marks_as_torch_decorator_does() -> None:
-    # handlstm._traced marks its trace-time constants without importing torch._dynamo at import
-    # (it imports sympy); this pins that marker to what torch's own decorator sets.
-    from handlstm._traced import constant_at_trace_time
+    # handlstm.engines.tracing marks its trace-time constants without importing torch._dynamo at
+    # import (it imports sympy); this pins that marker to what torch's own decorator sets.
+    from handlstm.engines.tracing import constant_at_trace_time
 
     def theirs() -> bool:
         return True

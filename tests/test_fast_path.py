@@ -1,8 +1,8 @@
-"""The fast path (handlstm._fast): exact, actually taken where it serves, and never taken where
-it does not (then the composed path is taken and is correct).
+"""The fast path (handlstm.engines.fast): exact, actually taken where it serves, and never taken
+where it does not (then the composed path is taken and is correct).
 
 Oracles: nn.LSTM in float64 for values and first derivatives (including its double backward),
-the composed path (``_fast.disabled()``) for everything both paths compute, and
+the composed path (``choose.fast_disabled()``) for everything both paths compute, and
 ``torch.autograd.gradcheck`` / ``gradgradcheck`` for the hand-written backward.
 """
 
@@ -20,7 +20,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from handlstm import HandLSTM, _fast
+from handlstm import HandLSTM
+from handlstm.core.lstm import LSTM
+from handlstm.engines import choose
+from handlstm.engines.fast.counts import counts as fast_counts
 from handlstm.testing import assert_lstm_close, lstm_cases
 
 F64 = torch.float64
@@ -38,10 +41,10 @@ def make_pair(**config: Any) -> tuple[HandLSTM, nn.LSTM]:
 def path_counter() -> Iterator[dict[str, int]]:
     """Counts of fast-path runs inside the block: ``inference`` and ``train`` (directions
     served), ``fast`` (their sum), ``lockstep`` and ``packed`` (layer calls), ``recompute``."""
-    before = dict(_fast.counts)
+    before = dict(fast_counts)
     seen: dict[str, int] = {}
     yield seen
-    after = dict(_fast.counts)
+    after = dict(fast_counts)
     for key in ("inference", "train", "recompute", "lockstep", "packed"):
         seen[key] = after.get(key, 0) - before.get(key, 0)
     seen["fast"] = seen["inference"] + seen["train"]
@@ -135,7 +138,7 @@ def test_dropout_fast_equals_composed() -> None:
     for fast in (True, False):
         torch.manual_seed(7)
         mine.zero_grad()
-        with path_counter() as seen, _fast.disabled() if not fast else _null():
+        with path_counter() as seen, choose.fast_disabled() if not fast else _null():
             out, (h, c) = mine(x)
             (out.square().sum() + h.sum() + c.sum()).backward()
         assert seen["fast"] == (3 if fast else 0)
@@ -269,7 +272,7 @@ def test_packed_input_takes_fast_path(bidirectional: bool, proj: int) -> None:
         assert_lstm_close(mine, ref, packed, hx)
     assert seen["packed"] == 2 and seen["train"] == 2 * d
     assert seen["lockstep"] == (2 if bidirectional else 0)
-    with path_counter() as seen, _fast.disabled():  # the composed packed path stays right too
+    with path_counter() as seen, choose.fast_disabled():  # the composed packed path stays right too
         assert_lstm_close(mine, ref, packed, hx)
     assert seen["fast"] == 0
     with torch.no_grad(), path_counter() as seen:
@@ -331,8 +334,8 @@ def test_packed_double_backward_matches_nn_lstm() -> None:
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("proj", [0, 2])
 def test_single_reverse_direction_fast_equals_composed(packed: bool, proj: int) -> None:
-    """``_scan.run_direction`` with ``reverse=True`` on its own (not in lockstep)."""
-    from handlstm._scan import run_direction
+    """``choose.run_direction`` with ``reverse=True`` on its own (not in lockstep)."""
+    from handlstm.engines.choose import run_direction
 
     mine, _ = make_pair(input_size=3, hidden_size=4, bidirectional=True, proj_size=proj)
     weights = mine._direction_weights(0, 1)
@@ -348,8 +351,8 @@ def test_single_reverse_direction_fast_equals_composed(packed: bool, proj: int) 
     c0 = torch.randn(3, 4, dtype=F64, requires_grad=True)
     results = []
     for fast in (True, False):
-        with path_counter() as seen, _fast.disabled() if not fast else _null():
-            out, h, c = run_direction(x, batch_sizes, h0, c0, weights, True)
+        with path_counter() as seen, choose.fast_disabled() if not fast else _null():
+            out, (h, c) = run_direction(LSTM, x, batch_sizes, (h0, c0), weights, True)
             loss = out.square().sum() + (h * c.sum()).sum() + c.square().sum()
             grads = torch.autograd.grad(loss, [x, h0, c0, *mine.parameters()], allow_unused=True)
         assert seen["train"] == (1 if fast else 0)
@@ -384,7 +387,7 @@ def test_dropout_variants_take_fast_path(
     results = []
     for fast in (True, False):
         torch.manual_seed(3)
-        with path_counter() as seen, _fast.disabled() if not fast else _null():
+        with path_counter() as seen, choose.fast_disabled() if not fast else _null():
             out, (h, c) = mine(x)
             out = out.data if packed else out
             loss = out.square().sum() + h.sum() + c.square().sum()
@@ -418,7 +421,7 @@ def test_recurrent_dropout_gradcheck() -> None:
 
 def test_disabled_context_takes_composed_path() -> None:
     mine, ref = make_pair(input_size=3, hidden_size=4, num_layers=2)
-    with path_counter() as seen, _fast.disabled():
+    with path_counter() as seen, choose.fast_disabled():
         assert_lstm_close(mine, ref, torch.randn(4, 2, 3, dtype=F64))
     assert seen["fast"] == 0
     with path_counter() as seen:
@@ -487,7 +490,7 @@ def test_autocast_takes_composed_path() -> None:
     x = torch.randn(4, 2, 3)
     with path_counter() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = mine(x)
-        with _fast.disabled():
+        with choose.fast_disabled():
             want, _ = mine(x)
     assert seen["fast"] == 0
     assert out.dtype == want.dtype
@@ -501,7 +504,7 @@ def test_other_dtypes_take_composed_path(dtype: torch.dtype) -> None:
     with path_counter() as seen:
         out, _ = mine(x)
     assert seen["fast"] == 0 and out.dtype == dtype
-    with _fast.disabled():
+    with choose.fast_disabled():
         want, _ = mine(x)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
 
@@ -529,7 +532,7 @@ def test_variant_takes_composed_path(options: dict[str, Any]) -> None:
     with path_counter() as seen:
         out, _ = mine(x)
     assert seen["fast"] == 0
-    with _fast.disabled():
+    with choose.fast_disabled():
         torch.testing.assert_close(out, mine(x)[0], rtol=0, atol=0)
 
 
@@ -560,7 +563,7 @@ def test_inference_results_are_ordinary_tensors(options: dict[str, Any], packed:
     weight = torch.ones(out.shape[-1], dtype=F64, requires_grad=True)
     ((out * weight).sum() + (h * c.sum()).sum()).backward()  # fails for inference tensors
     assert weight.grad is not None
-    with _fast.disabled(), torch.no_grad():
+    with choose.fast_disabled(), torch.no_grad():
         want, (eh, ec) = mine(x)
     want = want.data if packed else want
     for a, b in ((out, want), (h, eh), (c, ec)):

@@ -1,8 +1,8 @@
-"""Zoneout, peepholes and layer norm on the fast path (handlstm._fast_variants): exact, and
-actually taken.
+"""Zoneout, peepholes and layer norm on the fast path (handlstm.engines.fast.lstm_variants): exact,
+and actually taken.
 
 Oracles: tests/variant_reference.py (the papers' equations, row by row, with the masks the
-package drew) for outputs, states and every gradient; the composed path (``_fast.disabled()``)
+package drew) for outputs, states and every gradient; the composed path (``choose.fast_disabled()``)
 for everything both paths compute, a Hessian-vector product included; ``gradcheck`` /
 ``gradgradcheck`` for the hand-written backward and the double backward's recompute.
 """
@@ -21,7 +21,10 @@ from torch import Tensor
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from handlstm import HandLSTM, _fast
+from handlstm import HandLSTM
+from handlstm.core.lstm import LSTM
+from handlstm.engines import choose
+from handlstm.modules import lstm_variants
 from handlstm.testing import LSTMCase, lstm_cases
 
 F64 = torch.float64
@@ -106,7 +109,7 @@ def test_fast_variant_equals_composed(
     results = []
     for fast in (True, False):
         torch.manual_seed(3)
-        with path_counter() as seen, _fast.disabled() if not fast else _null():
+        with path_counter() as seen, choose.fast_disabled() if not fast else _null():
             inp: Any = x
             if packed:
                 inp = pack_padded_sequence(x, torch.tensor([2, 5, 4]), enforce_sorted=False)
@@ -136,7 +139,8 @@ def test_fast_variant_inference(name: str, packed: bool) -> None:
         results = []
         for fast in (True, False):
             torch.manual_seed(5)
-            with torch.no_grad(), path_counter() as seen, _fast.disabled() if not fast else _null():
+            off = choose.fast_disabled() if not fast else _null()
+            with torch.no_grad(), path_counter() as seen, off:
                 out, (h, c) = mine(x)
             assert seen["inference"] == (4 if fast else 0)
             out = out.data if packed else out
@@ -147,8 +151,8 @@ def test_fast_variant_inference(name: str, packed: bool) -> None:
 
 
 def test_reverse_direction_alone() -> None:
-    """``_scan.run_direction(reverse=True)`` on its own: zoneout masks read in processing order."""
-    from handlstm._scan import run_direction
+    """``choose.run_direction(reverse=True)`` on its own: zoneout masks read in processing order."""
+    from handlstm.engines.choose import run_direction
 
     mine = _module(VARIANTS["all"], True, 2, True)
     for packed in (False, True):
@@ -164,11 +168,11 @@ def test_reverse_direction_alone() -> None:
         results = []
         for fast in (True, False):
             torch.manual_seed(2)
-            weights, variant = mine._direction_variant(
-                mine._direction_weights(0, 1), 0, 1, x, batch_sizes, False
+            weights, variant = lstm_variants.direction_variant(
+                mine, mine._direction_weights(0, 1), 0, 1, x, batch_sizes, False
             )
-            with path_counter() as seen, _fast.disabled() if not fast else _null():
-                out, h, c = run_direction(x, batch_sizes, h0, c0, weights, True, variant)
+            with path_counter() as seen, choose.fast_disabled() if not fast else _null():
+                out, (h, c) = run_direction(LSTM, x, batch_sizes, (h0, c0), weights, True, variant)
                 loss = out.square().sum() + (h * c.sum()).sum() + c.square().sum()
                 grads = torch.autograd.grad(
                     loss, [x, h0, c0, *mine.parameters()], allow_unused=True
@@ -230,7 +234,7 @@ def test_parameter_changes_are_seen() -> None:
         mine.weight_ci_l0.add_(1.0)
         mine.ln_weight_hh_l0.mul_(2.0)
         after = mine(x)[0]
-        with _fast.disabled():
+        with choose.fast_disabled():
             want = mine(x)[0]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, want, **TOL)

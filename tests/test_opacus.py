@@ -453,21 +453,21 @@ def test_ghost_norms_equal_the_materialised_norms(kwargs, which, packed, reducti
 
 
 def test_ghost_gram_and_long_record_branches_agree(monkeypatch):
-    from handlstm import _per_sample
+    from handlstm.engines.per_sample import norms
 
     torch.manual_seed(0)
     d_out, x = torch.randn(6, 3, 8, dtype=DT), torch.randn(6, 3, 5, dtype=DT)
     expected = torch.einsum("kng,kni->ngi", d_out, x).flatten(1).pow(2).sum(1)
-    torch.testing.assert_close(_per_sample._gram_norm2(d_out, x), expected, **TOL)
-    monkeypatch.setattr(_per_sample, "_GRAM_RATIO", 0.0)
-    torch.testing.assert_close(_per_sample._gram_norm2(d_out, x), expected, **TOL)
+    torch.testing.assert_close(norms.gram_norm2(d_out, x), expected, **TOL)
+    monkeypatch.setattr(norms, "_GRAM_RATIO", 0.0)
+    torch.testing.assert_close(norms.gram_norm2(d_out, x), expected, **TOL)
 
 
 def test_ghost_gram_norms_of_tiny_and_decaying_gradients():
     """Gate gradients shrink geometrically back in time; whole samples can be tiny. The Gram
     path rescales each sample by a power of two (exact) and drops entries below eps**2 of the
     sample's largest: the norms still equal the materialised ones (relative 1e-12)."""
-    from handlstm import _per_sample
+    from handlstm.engines.per_sample import norms
 
     torch.manual_seed(0)
     k, n = 12, 3
@@ -477,7 +477,7 @@ def test_ghost_gram_norms_of_tiny_and_decaying_gradients():
     x = torch.randn(k, n, 5, dtype=DT)
     x[:, 2] *= 1e-100
     expected = torch.einsum("kng,kni->ngi", d_out, x).flatten(1).pow(2).sum(1)
-    got = _per_sample._gram_norm2(d_out, x)
+    got = norms.gram_norm2(d_out, x)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
 
 

@@ -41,7 +41,8 @@ from test_opacus import (  # noqa: E402
 )
 
 import handlstm.opacus  # noqa: E402,F401
-from handlstm import HandLSTMCell, _per_sample  # noqa: E402
+from handlstm import HandLSTMCell  # noqa: E402
+from handlstm.engines.per_sample import blocks, tape  # noqa: E402
 
 
 class PerSampleLoss(nn.Module):
@@ -62,7 +63,7 @@ class PerSampleLoss(nn.Module):
 def spy(monkeypatch):
     """Counts replayed backward passes and records each first pass's ``Plan``."""
     seen: dict[str, list] = {"replays": [], "plans": []}
-    replay, finish = _per_sample.BlockRun._replay, _per_sample.ModuleTape.finish
+    replay, finish = blocks.BlockRun._replay, tape.ModuleTape.finish
 
     def counting_replay(self, alpha):
         seen["replays"].append(alpha)
@@ -72,8 +73,8 @@ def spy(monkeypatch):
         seen["plans"].append(plan)
         return finish(self, plan)
 
-    monkeypatch.setattr(_per_sample.BlockRun, "_replay", counting_replay)
-    monkeypatch.setattr(_per_sample.ModuleTape, "finish", recording_finish)
+    monkeypatch.setattr(blocks.BlockRun, "_replay", counting_replay)
+    monkeypatch.setattr(tape.ModuleTape, "finish", recording_finish)
     return seen
 
 
@@ -213,14 +214,14 @@ def test_a_second_pass_that_is_not_proportional_runs_the_full_backward(spy):
 def test_hooks_mode_keeps_no_records_and_frees_the_inner_graph(monkeypatch):
     """A single backward (hooks mode, no retain_graph): nothing kept for a replay, the inner
     graph released; a second backward through it raises as autograd does."""
-    runs: list[_per_sample.BlockRun] = []
-    forward = _per_sample.BlockRun.forward
+    runs: list[blocks.BlockRun] = []
+    forward = blocks.BlockRun.forward
 
     def recording(self, inputs):
         runs.append(self)
         return forward(self, inputs)
 
-    monkeypatch.setattr(_per_sample.BlockRun, "forward", recording)
+    monkeypatch.setattr(blocks.BlockRun, "forward", recording)
     model = Net(bidirectional=True).to(DT)
     gsm = opacus.GradSampleModule(model)
     out, h, c = gsm(make_input(False, None, False))

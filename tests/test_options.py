@@ -21,7 +21,7 @@ import pytest
 
 import handlstm
 from handlstm import HandLSTM, HandLSTMCell, LSTMOptions
-from handlstm._options import CELL_OPTIONS, LSTM_OPTIONS, SEQUENCE_ONLY
+from handlstm.core.options import CELL_OPTIONS, LSTM_OPTIONS, SEQUENCE_ONLY
 
 
 def keyword_only(cls: type) -> list[inspect.Parameter]:

@@ -195,7 +195,7 @@ def test_flair_model_file_is_named_and_its_resaved_weights_check(tmp_path, capsy
     from flair.embeddings import OneHotEmbeddings
     from flair.models import SequenceTagger
 
-    from handlstm import cli
+    from handlstm.tools import cli
 
     sentences = [Sentence("I love Berlin ."), Sentence("we go home .")]
     for sentence in sentences:

@@ -251,7 +251,7 @@ def test_import_without_hypothesis_says_how_to_install():
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 1, 4), (1, 1, 1), (4, 3, 2, 5)])
 def test_unravel_points_at_the_flat_element(shape):
-    from handlstm._compare import unravel
+    from handlstm.tools.compare import unravel
 
     t = torch.arange(torch.Size(shape).numel()).reshape(shape)
     for flat in range(t.numel()):

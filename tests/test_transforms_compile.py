@@ -20,7 +20,7 @@ import torch._dynamo.testing
 from torch import Tensor, nn
 
 from handlstm import HandLSTM, HandLSTMCell
-from handlstm._traced import time_loop
+from handlstm.engines.tracing import time_loop
 
 DT = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-10}

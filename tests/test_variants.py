@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from variant_reference import reference_lstm
 
-import handlstm._variants as variants_module
+import handlstm.core.variants as variants_module
 from handlstm import HandLSTM
 from handlstm.testing import LSTMCase, lstm_cases
 

@@ -20,7 +20,7 @@ import torch
 from test_variants import NON_NEUTRAL, randomise_variant_params, recorded_masks
 from torch import nn
 
-import handlstm._variants as variants_module
+import handlstm.core.variants as variants_module
 from handlstm import HandLSTM, HandLSTMCell
 
 CONFIGS = [

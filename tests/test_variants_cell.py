@@ -15,7 +15,7 @@ from torch import nn
 from variant_reference import reference_cell
 
 from handlstm import HandLSTM, HandLSTMCell
-from handlstm._cell_module import CELL_OPTIONS
+from handlstm.modules.cell import CELL_OPTIONS
 from handlstm.testing import CellCase, assert_lstm_close, cell_cases
 
 CELL_NON_NEUTRAL: dict[str, Any] = {

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from handlstm import HandLSTM, HandLSTMCell
-from handlstm._compare import compare_results
 from handlstm.testing import lstm_configs
+from handlstm.tools.compare import compare_results
 
 F64 = torch.float64
 MISSING = object()  # "call without hx"

@@ -1,4 +1,4 @@
-"""The fast path's hand-written backward through time (see :mod:`handlstm._fast`).
+"""The fast path's hand-written backward through time (see :mod:`handlstm.engines.fast.lstm`).
 
 The derivative factors of every gate are computed for all steps at once (large elementwise
 ops), so a step only does one product for dh and four small elementwise ops; dW_ih, dW_hh,
@@ -17,15 +17,16 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._fast_layout import Ends, _bmm, _by_direction, _one, _stacked, _steps, _weights
+from ...core.kinds import DirectionWeights
+from ...core.lstm import LSTM, ScanVariant
+from ..composed import run_direction as composed
+from .layout import Ends, _bmm, _by_direction, _one, _stacked, _steps, _weights
 
 
 def _backward_by_recompute(
     ctx: Any, d_out: Tensor, d_h_n: Tensor, d_c_n: Tensor
 ) -> tuple[Tensor | None, ...]:
     """Gradients as a differentiable function of the inputs: recompute, then autograd.grad."""
-    from ._scan import ScanVariant
-
     saved = ctx.saved_tensors
     mask = saved[3]
     differentiable = [saved[0], saved[1], saved[2], *saved[8:]]  # the Function's inputs
@@ -63,19 +64,15 @@ def recompute_gradients(
         positions: each one's place in the Function's arguments.
         variant_of: ``(direction, differentiable[3:]) -> ScanVariant or None``.
     """
-    from ._fast import disabled  # at call time: _fast imports this module
-    from ._scan import DirectionWeights
-    from ._scan import run_direction as composed
-
     wanted = [k for k, at in enumerate(positions) if needs[at]]
-    with torch.enable_grad(), disabled():
+    with torch.enable_grad():
         x, h0, c0, *rest = differentiable
         assert x is not None and h0 is not None and c0 is not None
         outs, hs, cs = [], [], []
         for d in range(count):
             variant = variant_of(d, rest)
             weights = DirectionWeights(*rest[5 * d : 5 * d + 5])  # type: ignore[arg-type]
-            out, h, c = composed(x[d], None, h0[d], c0[d], weights, False, variant)
+            out, (h, c) = composed(LSTM, x[d], None, (h0[d], c0[d]), weights, False, variant)
             if ends and variant is not None:  # each sequence's state at its own last step
                 order = sorted(ends.items(), key=lambda item: item[1][0])
                 cells = variant.cells[0]

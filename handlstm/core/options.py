@@ -2,7 +2,7 @@
 
 Every option's default is its neutral value, and with every option neutral the modules are
 exactly nn.LSTM / nn.LSTMCell. The options travel down to the cell math as this one object (and
-the per-call tensors built from it in ``handlstm._variants``), never as loose flags.
+the per-call tensors built from it in ``handlstm.core.variants``), never as loose flags.
 """
 
 from __future__ import annotations

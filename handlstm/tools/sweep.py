@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._cell_module import HandLSTMCell
-from ._compare import HX, LSTMInput, compare_modules, make_hx, make_input
-from ._lstm import HandLSTM
+from ..modules.cell import HandLSTMCell
+from ..modules.lstm import HandLSTM
+from .compare import HX, LSTMInput, compare_modules, make_hx, make_input
 
 # Row statuses: compared and equal; compared and different; a file problem (the group's keys,
 # shapes or values); not compared (a HandLSTM variant, which nn.LSTM cannot compute).

@@ -16,9 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._cell import CellVariant, StepNoise
-from ._options import LSTMOptions
-from ._scan import ScanVariant
+from .lstm import CellVariant, ScanVariant, StepNoise
+from .options import LSTMOptions
 
 ParamGetter = Callable[[str], Tensor | None]
 

@@ -8,7 +8,7 @@ before the error propagates, so the model is never left half swapped.
 What is swapped (``to="hand"``): exact ``nn.LSTM`` / ``nn.LSTMCell`` (replaced by HandLSTM /
 HandLSTMCell), opacus ``DPLSTM`` / ``DPLSTMCell`` (replaced, sharing their Parameters), and
 subclasses of nn.LSTM / nn.LSTMCell that reach torch's forward through ``super()`` (their class
-is changed in place, see :mod:`handlstm._subclass`). ``to="torch"`` undoes each of these.
+is changed in place, see :mod:`handlstm.interop.subclass`). ``to="torch"`` undoes each of these.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import _subclass
-from ._cell_module import HandLSTMCell
-from ._lstm import HandLSTM
-from .convert import _build_on_meta, cell_config, lstm_config
+from ..modules.cell import HandLSTMCell
+from ..modules.conversion import build_on_meta as _build_on_meta
+from ..modules.conversion import cell_config, lstm_config
+from ..modules.lstm import HandLSTM
+from . import subclass as _subclass
 
 __all__ = ["Skipped", "SwapReport", "Swapped", "swap_lstms"]
 

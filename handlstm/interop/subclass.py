@@ -26,9 +26,9 @@ from typing import Any
 
 from torch import nn
 
-from ._cell_module import HandLSTMCell
-from ._lstm import HandLSTM
-from ._options import LSTMOptions
+from ..core.options import LSTMOptions
+from ..modules.cell import HandLSTMCell
+from ..modules.lstm import HandLSTM
 
 __all__ = ["hand_backed_class", "is_hand_backed", "user_class", "why_not_hand_backed"]
 

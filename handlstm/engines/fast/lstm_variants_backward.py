@@ -1,4 +1,5 @@
-"""The hand-written backward of the variant fast path (see :mod:`handlstm._fast_variants`).
+"""The hand-written backward of the variant fast path (see
+:mod:`handlstm.engines.fast.lstm_variants`).
 
 Per step ``t`` (processing order), with ``h~`` the cell's h before projection and zoneout and
 ``c~`` the new cell before zoneout (``c~' = LN(c~)`` with layer norm, else ``c~``)::
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from ._fast_layout import Ends, _bmm, _by_direction, _one, _stacked, _steps, _weights
+from .layout import Ends, _bmm, _by_direction, _one, _stacked, _steps, _weights
 
 _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ._compare import HX, LSTMInput
+from .compare import HX, LSTMInput
 
 
 class FunctionLSTM(nn.Module):

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _checks, _variants
-from ._cell import layer_norm, lstm_step
-from ._options import CELL_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
+from ..core import check_args, check_inputs
+from ..core import variants as _variants
+from ..core.lstm import layer_norm, lstm_step
+from ..core.options import CELL_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
+from . import conversion
 
 __all__ = ["CELL_OPTIONS", "HandLSTMCell"]
 
@@ -91,7 +93,7 @@ class HandLSTMCell(nn.Module):
         refuse_unknown_options("HandLSTMCell", not_an_option, CELL_OPTIONS)
         self.options = LSTMOptions.from_arguments(locals(), CELL_OPTIONS)
         self.options.check_module(bias)
-        _checks.check_cell_args(input_size, hidden_size, bias)
+        check_args.check_cell_args(input_size, hidden_size, bias)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -121,21 +123,20 @@ class HandLSTMCell(nn.Module):
         if self.options.forget_bias is not None:
             _variants.init_forget_bias(self.bias_ih, self.bias_hh, self.options.forget_bias)
 
-    # -- conversion (implemented in convert.py) ---------------------------------------------------
+    # -- conversion (helpers in conversion.py) ---------------------------------------------------
 
     @classmethod
     def from_torch(cls, module: nn.LSTMCell) -> HandLSTMCell:
         """A HandLSTMCell equal to ``module``: same configuration, device, dtype, training flag,
         ``requires_grad`` flags and (copied) parameter values."""
-        from .convert import cell_from_torch
-
-        return cell_from_torch(module, cls)
+        if not isinstance(module, nn.LSTMCell):
+            raise TypeError(f"expected an nn.LSTMCell, got {type(module).__name__}")
+        return conversion.copy_module(module, cls, conversion.cell_config(module))
 
     def to_torch(self) -> nn.LSTMCell:
         """The ``nn.LSTMCell`` equal to this module (refused for variant options)."""
-        from .convert import cell_to_torch
-
-        return cell_to_torch(self)
+        conversion.refuse_variants(self, "nn.LSTMCell")
+        return conversion.copy_module(self, nn.LSTMCell, conversion.cell_config(self))
 
     def variant_options(self) -> dict[str, Any]:
         """Options beyond ``nn.LSTMCell`` that change what forward computes and are not at their
@@ -201,7 +202,7 @@ class HandLSTMCell(nn.Module):
 
         ``weight_ih``: this call's ``self.weight_ih`` if the caller has read it already."""
         weight = self.weight_ih if weight_ih is None else weight_ih
-        h0, c0 = _checks.check_cell_forward(
+        h0, c0 = check_inputs.check_cell_forward(
             input, hx, self.input_size, self.hidden_size, weight.dtype, weight
         )
         batched = input.dim() == 2

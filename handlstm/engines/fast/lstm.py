@@ -1,13 +1,13 @@
 """The fast path: every direction of one default LSTM layer, stepped in lockstep.
 
-The composed path (:func:`handlstm._scan.scan` over :func:`handlstm._cell.lstm_step_gates`)
-records every per-step op on the autograd tape and allocates fresh tensors at every step. This
-module computes the same function with fewer, in-place ops into preallocated buffers, and, when
-gradients are needed, as one :class:`torch.autograd.Function` with a hand-written backward through
-time. The ``D`` directions of a layer (1, or 2 when bidirectional) run in lockstep: each is laid
-out in its own processing order (a reverse direction's input flipped in time), so step ``s`` of
-every direction is one ``(D, N, *)`` slice and one batched product (``baddbmm``) serves all of
-them.
+The composed path (:func:`handlstm.engines.composed.scan` over
+:func:`handlstm.core.lstm.lstm_step_gates`) records every per-step op on the autograd tape and
+allocates fresh tensors at every step. This module computes the same function with fewer, in-place
+ops into preallocated buffers, and, when gradients are needed, as one
+:class:`torch.autograd.Function` with a hand-written backward through time. The ``D`` directions of
+a layer (1, or 2 when bidirectional) run in lockstep: each is laid out in its own processing order
+(a reverse direction's input flipped in time), so step ``s`` of every direction is one ``(D, N, *)``
+slice and one batched product (``baddbmm``) serves all of them.
 
 * forward: the input's share of all gates as one GEMM per direction; per step one in-place
   product of the recurrent term into that step's slice, in-place activations, the cell update
@@ -31,15 +31,16 @@ gathered back into the packed layout. Padded steps get exactly zero gradient, so
 
 Of the variants, recurrent dropout (a mask on h) runs in the loops here, weight drop and input
 dropout act on the inputs; zoneout, peepholes and layer norm run in the loops of
-:mod:`handlstm._fast_variants` (same layout, its own backward). Clipping, other activations,
-per-sample-gradient taps and :meth:`~handlstm.HandLSTM.forward_with_states` take the composed path.
+:mod:`handlstm.engines.fast.lstm_variants` (same layout, its own backward). Clipping, other
+activations, per-sample-gradient taps and :meth:`~handlstm.HandLSTM.forward_with_states` take the
+composed path.
 
-The fast path is a pure optimisation: :func:`can_serve` sends everything it does not handle to the
-composed path (those variants, single-step sequences (measured faster composed: the setup costs
-more than the steps), tensor subclasses, non-CPU devices, dtypes other than float32/float64,
-autocast, forward-mode AD, ``torch.func`` transforms, ``torch.compile`` / ``torch.export`` /
-``torch.jit`` tracing, Python dispatch or function modes, empty tensors).
-Nothing is cached between calls, so a changed parameter can never be served stale.
+The fast path is a pure optimisation: :func:`handlstm.engines.fast.serves.serves` sends everything
+it does not handle to the composed path (those variants, single-step sequences (measured faster
+composed: the setup costs more than the steps), tensor subclasses, non-CPU devices, dtypes other
+than float32/float64, autocast, forward-mode AD, ``torch.func`` transforms, ``torch.compile`` /
+``torch.export`` / ``torch.jit`` tracing, Python dispatch or function modes, empty tensors). Nothing
+is cached between calls, so a changed parameter can never be served stale.
 
 Gate order is torch's (i, f, g, o) throughout. Shapes: D directions, L sequence, N batch, H_in
 input size, H_cell hidden size, H_out output size (``proj_size`` or H_cell).
@@ -47,20 +48,15 @@ input size, H_cell hidden size, H_out output size (``proj_size`` or H_cell).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
-from torch import Tensor, nn
-from torch.autograd import forward_ad
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch import Tensor
 
-from . import _fast_variants
-from ._fast_backward import _backward, _backward_by_recompute
-from ._fast_layout import (
+from . import lstm_variants as _fast_variants
+from .counts import counts
+from .layout import (
     Ends,
     _active_rows,
     _dense_layout,
@@ -75,93 +71,7 @@ from ._fast_layout import (
     _transposed,
     _weights,
 )
-
-_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("handlstm_fast", default=True)
-
-#: How often each path ran, by name: "inference" and "train" (fast path, one count per direction
-#: served), "lockstep" (calls that ran two directions together), "packed" (calls on packed input)
-#: and "recompute" (a fast-path backward that fell back to the composed path for
-#: ``create_graph=True``). For tests and benchmarks; not part of the public API.
-counts: Counter[str] = Counter()
-
-_DTYPES = (torch.float32, torch.float64)
-#: Device types served. Only CPU is measured and tested; benchmarks/cuda_check.py adds "cuda"
-#: temporarily to check and time the fast path on a GPU.
-_DEVICE_TYPES = {"cpu"}
-_TENSOR_TYPES = (Tensor, nn.Parameter)
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Within this context (and thread/task), every call takes the composed path."""
-    token = _ENABLED.set(False)
-    try:
-        yield
-    finally:
-        _ENABLED.reset(token)
-
-
-def _transforms_active() -> bool:
-    """True under forward-mode AD, torch.func transforms, jit tracing or Python modes.
-
-    (compile/export are refused first thing in :func:`can_serve`.)
-    """
-    if forward_ad._current_level >= 0:  # inside forward_ad.dual_level()
-        return True
-    if torch._C._are_functorch_transforms_active():
-        return True
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    if torch._C._is_torch_function_mode_enabled():
-        return True
-    return _get_current_dispatch_mode() is not None
-
-
-def can_serve(
-    x: Tensor,
-    batch_sizes: Any,
-    h0: Tensor,
-    c0: Tensor,
-    weights: Sequence[Tensor | None],
-    options: Any = None,
-) -> bool:
-    """Whether the fast path computes this direction (or layer); otherwise the composed path must.
-
-    Args:
-        x: the input, ``(L, N, H_in)`` dense or ``(sum(batch_sizes), H_in)`` packed.
-        batch_sizes: None for dense input, else the packed batch size of each step.
-        h0, c0: initial states ``(N, H_out)`` and ``(N, H_cell)`` (or ``(D, N, *)``).
-        weights: ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)`` of each direction, one
-            after the other, None where absent.
-        options: the variant (see :class:`handlstm._scan.ScanVariant`), or a sequence of them
-            (one per direction); served where :func:`handlstm._fast_variants.serves` says so.
-    """
-    # First, before anything dynamo cannot trace (a ContextVar read graph-breaks).
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return False
-    steps = x.size(0) if batch_sizes is None else len(batch_sizes)
-    if steps < 2 or not _ENABLED.get():
-        return False  # one step: the composed path measured faster (fewer ops than the setup)
-    variants = options if isinstance(options, list | tuple) else (options,)
-    if not all(_fast_variants.serves(v) for v in variants):
-        return False
-    if x.dim() != (3 if batch_sizes is None else 2) or x.numel() == 0 or h0.numel() == 0:
-        return False
-    dtype, device = x.dtype, x.device
-    if dtype not in _DTYPES or device.type not in _DEVICE_TYPES:
-        return False
-    for t in (x, h0, c0, *weights):
-        if t is None:
-            continue
-        if type(t) not in _TENSOR_TYPES or t.dtype != dtype or t.device != device:
-            return False
-    for k in range(0, len(weights), 5):
-        if (weights[k + 2] is None) != (weights[k + 3] is None):
-            return False
-    if torch.is_autocast_enabled(device.type):
-        return False
-    return not _transforms_active()
-
+from .lstm_backward import _backward, _backward_by_recompute
 
 # -- entry points ------------------------------------------------------------------------------
 
@@ -176,13 +86,14 @@ def run_layer(
     variants: Sequence[Any] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The directions of one layer in lockstep; same contract as
-    :func:`handlstm._scan.run_layer`. Call only where :func:`can_serve` said yes.
+    :func:`handlstm.engines.choose.run_layer`. Call only where
+    :func:`~handlstm.engines.fast.serves.serves` said yes.
 
     Args:
         weights: per direction ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``.
         reverses: per direction, whether it runs from the last step; default forward, then
             reverse.
-        variants: per direction, the :class:`handlstm._scan.ScanVariant` (or None): recurrent
+        variants: per direction, the :class:`handlstm.core.lstm.ScanVariant` (or None): recurrent
             dropout's mask on h, zoneout's masks, peepholes and layer norm.
 
     Returns:
@@ -238,9 +149,9 @@ def run_direction(
     batch_sizes: Sequence[int] | None = None,
     variant: Any = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One direction of one layer, same contract as :func:`handlstm._scan.run_direction`.
+    """One direction of one layer, same contract as :func:`handlstm.engines.composed.run_direction`.
 
-    Call only where :func:`can_serve` said yes.
+    Call only where :func:`~handlstm.engines.fast.serves.serves` said yes.
 
     Returns:
         ``(output, h_n, c_n)``: ``(L, N, H_out)`` (or packed rows), ``(N, H_out)``,

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any, NamedTuple, NoReturn, cast, overload
+from typing import Any, NamedTuple, NoReturn, overload
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks, _traced, _variants
-from ._options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
-from ._scan import DirectionWeights, ScanVariant, run_layer
+from ..core import check_args, check_tracing
+from ..core import variants as _variants
+from ..core.kinds import CellKind, DirectionWeights
+from ..core.lstm import LSTM, ScanVariant
+from ..core.options import LSTM_OPTIONS, Activation, LSTMOptions, refuse_unknown_options
+from . import conversion, lstm_inputs, lstm_variants
+from .layers import run_layers
+from .parameters import TorchParameters
 
 
 class LSTMStates(NamedTuple):
@@ -34,7 +37,7 @@ class LSTMStates(NamedTuple):
     gates: Tensor
 
 
-class HandLSTM(nn.Module):
+class HandLSTM(TorchParameters, nn.Module):
     r"""A multi-layer LSTM written from the gate equations: an exact drop-in for ``nn.LSTM``.
 
     For each step and layer, with gates in torch's order::
@@ -124,6 +127,8 @@ class HandLSTM(nn.Module):
         (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
     """
 
+    kind: CellKind = LSTM  # the cell kind its engines run (see handlstm.core.kinds)
+
     def __init__(
         self,
         input_size: int,
@@ -155,7 +160,7 @@ class HandLSTM(nn.Module):
         refuse_unknown_options("HandLSTM", not_an_option, LSTM_OPTIONS)
         self.options = LSTMOptions.from_arguments(locals(), LSTM_OPTIONS)
         self.options.check_module(bias, proj_size)
-        self.dropout = _checks.check_lstm_args(
+        self.dropout = check_args.check_lstm_args(
             input_size,
             hidden_size,
             num_layers,
@@ -190,131 +195,6 @@ class HandLSTM(nn.Module):
                 self._variant_weights_names.append((kind, kind + suffix))
         self.reset_parameters()
 
-    # -- structure ------------------------------------------------------------------------------
-
-    @property
-    def num_directions(self) -> int:
-        """D: 2 if ``bidirectional`` else 1."""
-        return 2 if self.bidirectional else 1
-
-    @property
-    def output_size(self) -> int:
-        """H_out: ``proj_size`` if it is > 0, else ``hidden_size``."""
-        return self.proj_size if self.proj_size > 0 else self.hidden_size
-
-    def _layers_and_directions(self) -> Iterator[tuple[int, int]]:
-        """The one (layer, direction) iterator, in nn.LSTM's parameter order."""
-        for layer in range(self.num_layers):
-            for direction in range(self.num_directions):
-                yield layer, direction
-
-    def _param_names(self, layer: int, direction: int) -> list[str]:
-        kinds = ["weight_ih", "weight_hh"]
-        if self.bias:
-            kinds += ["bias_ih", "bias_hh"]
-        if self.proj_size > 0:
-            kinds.append("weight_hr")
-        suffix = "_reverse" if direction == 1 else ""
-        return [f"{kind}_l{layer}{suffix}" for kind in kinds]
-
-    def _param_shape(self, kind: str, layer: int) -> tuple[int, ...]:
-        gate_size = 4 * self.hidden_size
-        layer_input = self.input_size if layer == 0 else self.output_size * self.num_directions
-        return {
-            "weight_ih": (gate_size, layer_input),
-            "weight_hh": (gate_size, self.output_size),
-            "bias_ih": (gate_size,),
-            "bias_hh": (gate_size,),
-            "weight_hr": (self.proj_size, self.hidden_size),
-        }[kind]
-
-    def _direction_weights(self, layer: int, direction: int) -> DirectionWeights:
-        """This layer's and direction's parameters, None where absent (see ``_layer_weights``)."""
-        return self._read_weights(self._weight_names()[layer][direction])
-
-    def _weight_names(self) -> list[list[tuple[str | None, ...]]]:
-        """Per layer and direction, the names of its ``DirectionWeights`` fields (None for a
-        kind the configuration does not have: no bias, no projection), as registered by
-        ``__init__``. Structure only (like ``_flat_weights_names``), so it is kept once."""
-        table = self.__dict__.get("_weight_names_table")
-        if table is None:
-            registered = set(self._flat_weights_names)
-            table = [[] for _ in range(self.num_layers)]
-            for layer, direction in self._layers_and_directions():
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                names = [kind + suffix for kind in DirectionWeights._fields]
-                table[layer].append(tuple(n if n in registered else None for n in names))
-            self.__dict__["_weight_names_table"] = table
-        return table  # type: ignore[no-any-return]
-
-    def _read_weights(self, names: tuple[str | None, ...]) -> DirectionWeights:
-        """The parameters named ``names``, read afresh: from ``self._parameters`` (where
-        ``Module.__getattr__`` finds them, and where ``torch.func.functional_call`` and
-        ``load_state_dict(assign=True)`` put their tensors), else through ``getattr`` (a
-        parametrized weight is a property of the class; a deleted one is None)."""
-        params = self._parameters
-        try:
-            found = [None if name is None else params[name] for name in names]
-        except KeyError:
-            found = [None if name is None else getattr(self, name, None) for name in names]
-        return DirectionWeights(*found)  # type: ignore[arg-type]
-
-    @property
-    def _first_weight(self) -> Tensor:
-        """``weight_ih_l0``: what dtype and device checks compare with."""
-        return self._direction_weights(0, 0).weight_ih
-
-    def _layer_weights(self) -> list[list[DirectionWeights]]:
-        """Every layer's parameters, per direction, read once per forward call (nothing
-        derived from them is kept across calls).
-
-        All of them come out of ``self._parameters`` in one pass over
-        ``_flat_weights_names`` (nn.LSTM's order, which is ``DirectionWeights``' order with
-        absent kinds left out); a name not there (a parametrized weight) falls back to
-        :meth:`_read_weights`.
-        """
-        params = self._parameters
-        try:  # a list, not a kept operator.itemgetter: Dynamo cannot call one it did not build
-            values = cast(list[Tensor], [params[name] for name in self._flat_weights_names])
-        except KeyError:
-            return [
-                [self._read_weights(names) for names in layer] for layer in self._weight_names()
-            ]
-        total = len(values)
-        if total == 4 and self.bias:  # one layer and direction, no projection: the common case
-            return [[DirectionWeights(values[0], values[1], values[2], values[3], None)]]
-        count = self.num_directions
-        kinds = total // (self.num_layers * count)  # per direction: 2 to 5
-        if kinds == 5:
-            found = [DirectionWeights._make(values[i : i + 5]) for i in range(0, total, 5)]
-        elif kinds == 4:  # bias, no projection
-            found = [DirectionWeights._make((*values[i : i + 4], None)) for i in range(0, total, 4)]
-        elif kinds == 2:  # no bias, no projection
-            found = [
-                DirectionWeights(values[i], values[i + 1], None, None, None)
-                for i in range(0, total, 2)
-            ]
-        else:  # no bias, projection
-            found = [
-                DirectionWeights(values[i], values[i + 1], None, None, values[i + 2])
-                for i in range(0, total, 3)
-            ]
-        if len(found) == 1:
-            return [found]
-        return [found[first : first + count] for first in range(0, len(found), count)]
-
-    @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """Parameters grouped per (layer, direction), as ``nn.LSTM.all_weights``."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    @property
-    def _flat_weights(self) -> list[Tensor]:
-        return [getattr(self, name) for name in self._flat_weights_names]
-
-    def flatten_parameters(self) -> None:
-        """A no-op, for code written against nn.LSTM (there is no cuDNN weight buffer)."""
-
     def reset_parameters(self) -> None:
         """Draw every parameter from U(-1/sqrt(H_cell), 1/sqrt(H_cell)) in nn.LSTM's order.
 
@@ -333,21 +213,20 @@ class HandLSTM(nn.Module):
                     weights.bias_ih, weights.bias_hh, self.options.forget_bias
                 )
 
-    # -- conversion (implemented in convert.py) ---------------------------------------------------
+    # -- conversion (helpers in conversion.py) ---------------------------------------------------
 
     @classmethod
     def from_torch(cls, module: nn.LSTM) -> HandLSTM:
         """A HandLSTM equal to ``module``: same configuration, device, dtype, training flag,
         ``requires_grad`` flags and (copied) parameter values."""
-        from .convert import lstm_from_torch
-
-        return lstm_from_torch(module, cls)
+        if not isinstance(module, nn.LSTM):
+            raise TypeError(f"expected an nn.LSTM, got {type(module).__name__}")
+        return conversion.copy_module(module, cls, conversion.lstm_config(module))
 
     def to_torch(self) -> nn.LSTM:
         """The ``nn.LSTM`` equal to this module (refused for variant options)."""
-        from .convert import lstm_to_torch
-
-        return lstm_to_torch(self)
+        conversion.refuse_variants(self, "nn.LSTM")
+        return conversion.copy_module(self, nn.LSTM, conversion.lstm_config(self))
 
     def variant_options(self) -> dict[str, Any]:
         """Options beyond ``nn.LSTM`` that change what forward computes and are not at their
@@ -431,14 +310,14 @@ class HandLSTM(nn.Module):
             >>> output.shape, h_n.shape                             # (N, L, H_out), (1, N, H_out)
             (torch.Size([2, 5, 3]), torch.Size([1, 2, 3]))
         """
-        _traced.check_not_torchscript()
+        check_tracing.check_not_torchscript()
         if lengths is None:
             return self._forward(input, hx, None)
-        return self._forward(input, hx, None, _traced.check_lengths(input, lengths))
+        return self._forward(input, hx, None, check_tracing.check_lengths(input, lengths))
 
     def __prepare_scriptable__(self) -> HandLSTM:
         """``torch.jit.script`` calls this first: refuse with an error that names torch.export."""
-        _traced.refuse_script()
+        check_tracing.refuse_script()
         return self
 
     def forward_with_states(
@@ -477,92 +356,8 @@ class HandLSTM(nn.Module):
         lengths: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx, records)
-        batched = input.dim() == 3
-        if not batched:
-            _checks.check_input_rank(input)
-            x = input.unsqueeze(1)  # (L, N, H_in)
-        elif self.batch_first:
-            x = input.transpose(0, 1)  # (L, N, H_in)
-        else:
-            x = input
-        weights = self._layer_weights()
-        steps, batch = x.shape[:2]
-        weight = weights[0][0].weight_ih
-        if (  # the common case, tested without calls (else _initial_state checks, and raises)
-            hx is None
-            and self.proj_size == 0
-            and x.dtype == weight.dtype
-            and x.size(2) == self.input_size
-            and x.device == weight.device
-        ):
-            states = self.num_layers * (2 if self.bidirectional else 1)
-            # two tensors: a scan (compile/export) refuses initial states that alias each other
-            h0 = x.new_zeros((states, batch, self.hidden_size))
-            c0 = x.new_zeros((states, batch, self.hidden_size))
-        else:
-            h0, c0 = self._initial_state(hx, x, batch, batched, 3, weight)
-        if steps == 0:
-            _checks.check_sequence_length(steps)
-        if lengths is not None:
-            _traced.check_length_values(lengths, steps, batch)
-        output, h_n, c_n = self._run_layers(x, None, h0, c0, weights, records, lengths)
-        if not batched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)  # (N, L, D*H_out)
-        return output, (h_n, c_n)
-
-    def _forward_packed(
-        self,
-        input: PackedSequence,
-        hx: tuple[Tensor, Tensor] | None,
-        records: list[tuple[Tensor, ScanVariant]] | None = None,
-    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        weights = self._layer_weights()
-        first = weights[0][0].weight_ih
-        sizes = _checks.check_packed(input, hx, self.input_size, first.dtype)
-        h0, c0 = self._initial_state(hx, data, sizes[0], True, 2, first)
-        if sorted_indices is not None:
-            h0 = h0.index_select(1, sorted_indices)
-            c0 = c0.index_select(1, sorted_indices)
-        output, h_n, c_n = self._run_layers(data, sizes, h0, c0, weights, records)
-        if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-            c_n = c_n.index_select(1, unsorted_indices)
-        packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-        return packed, (h_n, c_n)
-
-    def _initial_state(
-        self, hx: Any, x: Tensor, batch: int, batched: bool, input_dim: int, weight: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Validate ``hx`` and ``x`` in nn.LSTM's order; zeros when ``hx`` is None.
-
-        ``weight`` is ``weight_ih_l0`` (what the dtype and device checks compare with).
-        Returns ``(h_0, c_0)`` of shapes ``(D*num_layers, N, H_out)`` and
-        ``(D*num_layers, N, H_cell)``.
-        """
-        if hx is not None:
-            h0, c0 = _checks.check_hx_pair(hx)
-            _checks.check_hx_rank((h0, c0), batched)
-            if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        if x.dtype != weight.dtype or x.dim() != input_dim or x.size(-1) != self.input_size:
-            _checks.check_input(x, input_dim, self.input_size, weight.dtype)  # raises (or autocast)
-        states = self.num_layers * (2 if self.bidirectional else 1)
-        expected_h = (states, batch, self.proj_size if self.proj_size > 0 else self.hidden_size)
-        if hx is None:
-            if x.device != weight.device:
-                _checks.check_devices(x, (), weight)  # raises
-            # two tensors even without projection: a scan refuses initial states that alias
-            return x.new_zeros(expected_h), x.new_zeros((states, batch, self.hidden_size))
-        _checks.check_hidden_size(h0, expected_h, 0)
-        _checks.check_hidden_size(c0, (states, batch, self.hidden_size), 1)
-        _checks.check_hx_structure(hx, batched)
-        _checks.check_devices(x, (h0, c0), weight)
-        _checks.check_hx_dtype(h0, x.dtype)
-        return h0, c0
+            return lstm_inputs.forward_packed(self, input, hx, records)
+        return lstm_inputs.forward_dense(self, input, hx, records, lengths)
 
     def _run_layers(
         self,
@@ -574,113 +369,20 @@ class HandLSTM(nn.Module):
         records: list[tuple[Tensor, ScanVariant]] | None = None,
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Every layer and direction over the time-major (or packed) input.
-
-        Args:
-            x: ``(L, N, H_in)`` or packed ``(sum(B_t), H_in)``.
-            batch_sizes: packed batch sizes or None.
-            h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H_cell)``.
-            weights: ``_layer_weights()``, read once for this call.
-            records: if a list, each (layer, direction) appends its output and its recorded
-                :class:`ScanVariant` (per-step cells and gates).
-            lengths: dense input only, ``(N,)`` valid steps per sequence, or None.
-
-        Returns:
-            ``(output, h_n, c_n)``: the last layer's output in ``x``'s layout with ``D*H_out``
-            features, and the stacked final states.
-        """
-        count = self.num_directions
-        tape = self.__dict__.get("_per_sample_tape")  # set by _per_sample for one opacus call
-        with_variant = records is not None or not self._options_default() or tape is not None
-        if self.num_layers == 1 and not with_variant:  # the loop below for one plain layer
-            return run_layer(x, batch_sizes, h0, c0, weights[0], [None] * count, lengths)
-        h_n: list[Tensor] = []
-        c_n: list[Tensor] = []
-        layer_input = x
-        for layer in range(self.num_layers):
-            variants: list[ScanVariant | None] = [None] * count
-            layer_weights = weights[layer]
-            if with_variant:
-                layer_weights = list(layer_weights)
-                layer_input = _variants.input_dropout(
-                    layer_input,
-                    batch_sizes,
-                    self.options.input_dropout,
-                    self.training,
-                    f"_l{layer}",
-                )
-                for d in range(count):
-                    layer_weights[d], variants[d] = self._direction_variant(
-                        layer_weights[d], layer, d, layer_input, batch_sizes, records is not None
-                    )
-                    if tape is not None:
-                        layer_weights[d], variants[d] = tape.direction(
-                            layer_weights[d], variants[d], batch_sizes
-                        )
-            if self.num_layers == 1:  # this layer's states are all of them: no slicing
-                layer_h0, layer_c0 = h0, c0
-            else:
-                first = layer * count
-                layer_h0, layer_c0 = h0[first : first + count], c0[first : first + count]
-            out, h, c = run_layer(
-                layer_input, batch_sizes, layer_h0, layer_c0, layer_weights, variants, lengths
-            )
-            if records is not None:
-                for part, variant in zip(out.chunk(count, -1), variants, strict=True):
-                    records.append((part, variant))  # type: ignore[arg-type]
-            h_n.append(h)
-            c_n.append(c)
-            layer_input = out
-            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
-        if len(h_n) == 1:
-            return layer_input, h_n[0], c_n[0]
-        return layer_input, torch.cat(h_n, 0), torch.cat(c_n, 0)
-
-    def _options_default(self) -> bool:
-        """``self.options.is_default``, worked out once per options object (they are frozen)."""
-        known = self.__dict__.get("_options_default_for")
-        if known is None or known[0] is not self.options:
-            known = (self.options, self.options.is_default)
-            self.__dict__["_options_default_for"] = known
-        return known[1]
-
-    def _direction_variant(
-        self,
-        weights: DirectionWeights,
-        layer: int,
-        direction: int,
-        x: Tensor,
-        batch_sizes: list[int] | None,
-        record: bool,
-    ) -> tuple[DirectionWeights, ScanVariant]:
-        """The variant's parameters and this call's masks for one layer and direction.
-
-        Weight drop replaces ``weight_hh`` by a dropped copy for this call only (the Parameter
-        and its name are untouched).
-        """
-        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        options = self.options
-        weight_hh = _variants.drop_weight(
-            weights.weight_hh, options.weight_drop, self.training, suffix
-        )
-        steps, batch = (
-            (x.size(0), x.size(1))
-            if batch_sizes is None
-            else (
-                len(batch_sizes),
-                batch_sizes[0],
-            )
-        )
-        variant = _variants.direction_variant(
-            options,
-            lambda kind: getattr(self, kind + suffix),
-            self.training,
-            steps,
-            batch,
-            (self.output_size, self.hidden_size),
+        """Every layer and direction over the time-major (or packed) input (see
+        :func:`handlstm.modules.layers.run_layers`); ``records``, if a list, receives each
+        (layer, direction)'s output and its recorded :class:`ScanVariant`."""
+        prepare = lstm_variants.preparation(self, batch_sizes, records is not None)
+        output, (h_n, c_n) = run_layers(
+            LSTM,
             x,
-            suffix,
-            record,
+            batch_sizes,
+            (h0, c0),
+            weights,
+            dropout=self.dropout,
+            training=self.training,
+            prepare=prepare,
+            records=records,  # type: ignore[arg-type]
+            lengths=lengths,
         )
-        return weights._replace(weight_hh=weight_hh), variant
+        return output, h_n, c_n

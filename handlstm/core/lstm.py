@@ -1,27 +1,33 @@
-"""The LSTM gate equations for one time step: the only place they are written.
+"""The LSTM kind: its gate equations for one time step (the only place they are written),
+its variants' per-step types, and :data:`LSTM`, the :class:`~handlstm.core.kinds.CellKind`
+that the engines run.
 
 Everything here is a pure function of tensors; it knows nothing about modules, layers,
 directions or sequences. Gate order is torch's: input, forget, cell, output (i, f, g, o).
 
-Shapes: N batch, H_cell hidden (cell) size, H_out output size (``proj_size`` or H_cell).
+Shapes: L sequence, N batch, H_in input size, H_cell hidden (cell) size, H_out output size
+(``proj_size`` or H_cell).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._options import LAYER_NORM_EPS
+from .kinds import CellKind, DirectionWeights, State
+from .options import LAYER_NORM_EPS
 
 
 class CellVariant(NamedTuple):
     """What a variant changes in one step, resolved to tensors for one layer and direction.
 
-    The defaults are nn.LSTM's step. Built by :mod:`handlstm._variants` from the options object.
+    The defaults are nn.LSTM's step. Built by :mod:`handlstm.core.variants` from the options.
     """
 
     gate_activation: Callable[[Tensor], Tensor] = torch.sigmoid
@@ -36,7 +42,7 @@ class CellVariant(NamedTuple):
     proj_clip: float | None = None
     zoneout_h: float = 0.0  # used as the expectation when no zoneout mask is given (eval)
     zoneout_c: float = 0.0
-    ln_eps: float = LAYER_NORM_EPS  # the layer norms' epsilon (a field: see _traced._python_floats)
+    ln_eps: float = LAYER_NORM_EPS  # the layer norms' epsilon (a field: see python_floats)
     linear: Callable[..., Tensor] = F.linear  # per-sample gradients swap in a recording linear
     diagonal: Callable[[Tensor, Tensor], Tensor] = torch.mul  # peephole * c, recorded likewise
     norm: Callable[..., Tensor] | None = None  # the cell layer norm (None: layer_norm), likewise
@@ -168,3 +174,141 @@ def lstm_step(
     """
     h_next, c_next, _ = lstm_step_gates(gates_x, h, c, weight_hh, weight_hr, variant, noise)
     return h_next, c_next
+
+
+def python_floats(cell: CellVariant) -> CellVariant:
+    """The variant with its float options as Python floats (for a scan's body).
+
+    Under ``dynamic=True`` Dynamo reads them as symbolic floats, and the scan op refuses a
+    symbolic float among the combine function's inputs; these are configuration, not data.
+    ``float()`` keeps a symbolic float symbolic; ``math.fsum`` of one float is that float,
+    exactly, and Dynamo specializes it (a guard on the value, so a change recompiles).
+    """
+
+    def constant(value: float | None) -> float | None:
+        return None if value is None else math.fsum([value])
+
+    return cell._replace(
+        zoneout_h=math.fsum([cell.zoneout_h]),
+        zoneout_c=math.fsum([cell.zoneout_c]),
+        ln_eps=math.fsum([cell.ln_eps]),
+        cell_clip=constant(cell.cell_clip),
+        proj_clip=constant(cell.proj_clip),
+    )
+
+
+@dataclass
+class ScanVariant:
+    """A variant's share of one direction of one layer: parameters, masks, what to record.
+
+    Built per forward call by :mod:`handlstm.core.variants`; None in the engines means nn.LSTM.
+    What the engines read of it is :class:`~handlstm.core.kinds.DirectionVariant`.
+    """
+
+    cell: CellVariant = DEFAULT_VARIANT
+    ln_ih: Tensor | None = None  # (4*H_cell,) gain of the input layer norm
+    h_mask: Tensor | None = None  # (N, H_out) recurrent dropout mask, one per sequence
+    zone_h: Tensor | None = None  # (L, N, H_out) zoneout masks of h, one per step
+    zone_c: Tensor | None = None  # (L, N, H_cell) zoneout masks of c, one per step
+    record: bool = False  # keep every step's c and gate activations in cells / gates
+    cells: list[Tensor] = field(default_factory=list)
+    gates: list[Tensor] = field(default_factory=list)
+
+    def noise(self, t: int) -> StepNoise:
+        """Step ``t``'s masks for the whole batch."""
+        return StepNoise(
+            self.h_mask,
+            None if self.zone_h is None else self.zone_h[t],
+            None if self.zone_c is None else self.zone_c[t],
+        )
+
+    def step_inputs(self) -> dict[str, Tensor]:
+        """The per-step masks, ``(L, N, *)`` each, by name (for a scan over the steps)."""
+        xs = {}
+        if self.zone_h is not None:
+            xs["zone_h"] = self.zone_h
+        if self.zone_c is not None:
+            xs["zone_c"] = self.zone_c
+        return xs
+
+    def noise_of(self, step: Mapping[str, Tensor]) -> StepNoise:
+        """One step's masks from one step's slice of :meth:`step_inputs`."""
+        return StepNoise(self.h_mask, step.get("zone_h"), step.get("zone_c"))
+
+    def keep(self, records: tuple[Tensor, ...]) -> None:
+        """Keep a recorded direction's ``(cells, gates)`` (see :func:`lstm_records`)."""
+        cells, gates = records
+        self.cells.append(cells)
+        self.gates.append(gates)
+
+
+def input_gates(
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Tensor | None,
+    ln_ih: Tensor | None = None,
+    linear: Callable[..., Tensor] = F.linear,
+) -> Tensor:
+    """The input's share of the gates for every step at once: one GEMM over the sequence.
+
+    Args:
+        x: ``(L, N, H_in)`` dense or ``(sum(batch_sizes), H_in)`` packed.
+        weight_ih: ``(4*H_cell, H_in)``.
+        bias: ``b_ih + b_hh``, ``(4*H_cell,)``, or None.
+        ln_ih: with layer norm, the gain of the input norm: ``LN(W_ih x) * ln_ih + bias``.
+        linear: ``F.linear`` or a variant's recording linear (per-sample gradients).
+
+    Returns:
+        ``(L, N, 4*H_cell)`` or ``(sum(batch_sizes), 4*H_cell)``.
+    """
+    if ln_ih is not None:
+        return layer_norm(linear(x, weight_ih), ln_ih, bias)
+    return linear(x, weight_ih, bias)
+
+
+def lstm_project(x: Tensor, weights: DirectionWeights, variant: ScanVariant | None) -> Tensor:
+    """The LSTM kind's ``project``: :func:`input_gates` with both biases folded in."""
+    bias = None
+    if weights.bias_ih is not None and weights.bias_hh is not None:
+        bias = weights.bias_ih + weights.bias_hh  # (4*H_cell,)
+    ln_ih = None if variant is None else variant.ln_ih
+    linear = F.linear if variant is None else variant.cell.linear
+    return input_gates(x, weights.weight_ih, bias, ln_ih, linear)
+
+
+def _lstm_kind_step(
+    gates_x: Tensor,
+    state: State,
+    weights: DirectionWeights,
+    cell: CellVariant,
+    noise: StepNoise,
+) -> tuple[State, tuple[Tensor, ...]]:
+    """The LSTM kind's ``step``: :func:`lstm_step_gates` on the state ``(h, c)``."""
+    h, c = state
+    h_next, c_next, acts = lstm_step_gates(
+        gates_x, h, c, weights.weight_hh, weights.weight_hr, cell, noise
+    )
+    return (h_next, c_next), acts
+
+
+def lstm_records(state: State, acts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """What a recording LSTM direction keeps of a step: ``c_t`` and the gates ``(N, 4*H_cell)``."""
+    return state[1], torch.cat(acts, -1)
+
+
+def _lstm_for_trace(cell: Any) -> Any:
+    return python_floats(cell)
+
+
+#: The LSTM as the engines run it: 4 gates (i, f, g, o), state (h, c).
+LSTM = CellKind(
+    name="lstm",
+    gates=4,
+    states=("h", "c"),
+    project=lstm_project,
+    step=_lstm_kind_step,
+    records=lstm_records,
+    default_cell=DEFAULT_VARIANT,
+    no_noise=NO_NOISE,
+    for_trace=_lstm_for_trace,
+)
