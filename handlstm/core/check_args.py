@@ -165,7 +165,7 @@ def _probe_lstm_shapes(
             _probe((proj_size, hidden_size), "proj_size")
 
 
-def check_cell_args(input_size: Any, hidden_size: Any, bias: Any) -> None:
+def check_cell_args(input_size: Any, hidden_size: Any, bias: Any, gates: int = 4) -> None:
     """Validate HandLSTMCell's constructor arguments with nn.LSTMCell's rules (torch 2.13).
 
     nn.LSTMCell checks nothing itself: it creates ``(4*hidden_size, input_size)`` and
@@ -173,9 +173,11 @@ def check_cell_args(input_size: Any, hidden_size: Any, bias: Any) -> None:
     (ints, bools, numpy integers, integer tensors of one element such as
     ``torch.prod(torch.tensor(shape))``, zero), a negative one is a RuntimeError, a float a
     TypeError; ``bias`` is taken by its truth. Values are stored as given, as torch stores them.
+    ``gates``: the gate blocks of the cell kind (4 LSTM, 3 GRU, 1 Elman), as nn.RNNCellBase's
+    ``num_chunks``.
     """
     try:
-        gate_size = 4 * hidden_size
+        gate_size = gates * hidden_size
     except TypeError:
         raise TypeError(
             f"hidden_size should be {_DIMENSION}, got: {_type_name(hidden_size)} {hidden_size!r}"
@@ -185,3 +187,22 @@ def check_cell_args(input_size: Any, hidden_size: Any, bias: Any) -> None:
     _probe((gate_size, hidden_size), sizes)
     if _truth("bias", bias):
         _probe((gate_size,), sizes)
+
+
+def check_single_state_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Keywords nn.GRU and nn.RNN do not take: ``proj_size`` (any value, even 0) is a
+    ValueError, as torch says it; anything else a TypeError, as an unknown keyword is."""
+    if "proj_size" in kwargs:
+        raise ValueError(
+            "proj_size argument is only supported for LSTM, not RNN or GRU: got "
+            f"proj_size={kwargs['proj_size']!r} for {name}; use HandLSTM for a projection"
+        )
+    if kwargs:
+        unknown = ", ".join(sorted(kwargs))
+        raise TypeError(f"{name}.__init__() got an unexpected keyword argument: {unknown}")
+
+
+def check_nonlinearity(nonlinearity: Any) -> None:
+    """nn.RNN's ``nonlinearity``: ``'tanh'`` or ``'relu'`` (ValueError otherwise)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
