@@ -6,7 +6,7 @@ from torch import nn
 
 import handlstm
 from handlstm import HandLSTM, HandLSTMCell
-from handlstm.convert import swap_lstms
+from handlstm.convert import find_lstm_groups, swap_lstms
 from handlstm.testing import assert_lstm_close
 
 F64 = torch.float64
@@ -348,3 +348,48 @@ def test_conversion_repeats_no_constructor_warning():
         swap_lstms(model)
         assert model[0].dropout == 0.5
         HandLSTM.from_torch(model[0].to_torch())
+
+
+@pytest.mark.parametrize(
+    "state_dict",
+    [
+        {"bias_ih_l0": torch.zeros(8)},  # a bias alone: no weight to size the LSTM from
+        {"lstm.bias_hh_l0": torch.zeros(8), "lstm.bias_ih_l0": torch.zeros(8)},
+        {"weight_ih_l1": torch.zeros(8, 2), "weight_hh_l1": torch.zeros(8, 2)},  # layer 1 only
+        {"weight_ih_l0": torch.zeros(8, 3), "weight_hh_l0": torch.zeros(8)},  # 1-D weight_hh
+        {"weight_ih_l0": torch.zeros(8), "weight_hh_l0": torch.zeros(8, 2)},  # 1-D weight_ih
+        {"weight_hh_l0": torch.zeros(8, 2)},  # no weight_ih_l0
+        {"weight_ih_l0": torch.zeros(8, 3)},  # no weight_hh_l0
+        {
+            "weight_ih_l0": torch.zeros(8, 3),
+            "weight_hh_l0": torch.zeros(8, 1),
+            "weight_hr_l0": torch.zeros(1),  # 1-D projection
+        },
+        {"cell.bias_ih": torch.zeros(8)},
+        {"cell.weight_ih": torch.zeros(8, 3), "cell.weight_hh": torch.zeros(8)},
+        {"cell.weight_ih": torch.zeros(8), "cell.weight_hh": torch.zeros(8, 2)},
+        {"cell.weight_hh": torch.zeros(8, 2)},
+    ],
+    ids=lambda sd: ",".join(f"{k}{tuple(v.shape)}" for k, v in sd.items()),
+)
+def test_find_lstm_groups_yields_no_group_for_partial_or_malformed_weights(state_dict):
+    """Partial or wrong-rank LSTM keys are not an LSTM: no group, never an AttributeError or
+    IndexError from reading a shape that is not there."""
+    assert find_lstm_groups(state_dict) == []
+
+
+def test_find_lstm_groups_reads_a_two_layer_bidirectional_projected_lstm():
+    """The positive side of the test above: every argument read from the shapes."""
+    config = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2)
+    (group,) = find_lstm_groups(nn.LSTM(**config).state_dict())
+    assert group.kind == "lstm" and group.config == dict(config, bias=True)
+    (group,) = find_lstm_groups(nn.LSTM(3, 4, bias=False).state_dict())
+    assert group.config == dict(
+        input_size=3, hidden_size=4, num_layers=1, bias=False, bidirectional=False, proj_size=0
+    )
+    (group,) = find_lstm_groups({f"c.{k}": v for k, v in nn.LSTMCell(3, 4).state_dict().items()})
+    assert (group.prefix, group.kind, group.config) == (
+        "c",
+        "cell",
+        dict(input_size=3, hidden_size=4, bias=True),
+    )

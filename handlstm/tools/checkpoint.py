@@ -83,7 +83,8 @@ def _load(file: Path) -> Any:
         try:
             return torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            if _pickle_protocol(file) in (None, 2) or "Unsupported operand" not in str(error):
+            protocol = _pickle_protocol(file)
+            if protocol is None or protocol <= 2 or "Unsupported operand" not in str(error):
                 raise
         # A zip checkpoint pickled with protocol 4/5: torch's weights-only unpickler, fed the
         # same instructions in the protocol-2 form it parses. pickle_module replaces only the
@@ -95,7 +96,10 @@ def _load(file: Path) -> Any:
 
 
 def _pickle_protocol(file: Path) -> int | None:
-    """The pickle protocol of a zip checkpoint's ``data.pkl``, or None for other files."""
+    """The pickle protocol of a zip checkpoint's ``data.pkl``, or None for other files.
+
+    Protocols 0 and 1 write no PROTO opcode: 1 is told from 0 by its binary opcodes (read with
+    pickletools, which executes nothing)."""
     if not zipfile.is_zipfile(file):
         return None
     with zipfile.ZipFile(file) as archive:
@@ -103,8 +107,13 @@ def _pickle_protocol(file: Path) -> int | None:
         if not names:
             return None
         with archive.open(names[0]) as data:
-            head = data.read(2)
-    return head[1] if len(head) == 2 and head[0] == pickle.PROTO[0] else None
+            stream = data.read()
+    if stream[:1] == pickle.PROTO:
+        return stream[1] if len(stream) > 1 else None
+    try:
+        return max((op.proto for op, _, _ in pickletools.genops(stream)), default=0)
+    except Exception:  # noqa: BLE001 - not a pickle at all: no protocol to report
+        return None
 
 
 def _as_protocol_2(data: bytes) -> bytes:
@@ -180,6 +189,13 @@ def _unpickling_problem(path: str, file: Path, error: BaseException) -> str:
             f"does not load it. {_RESAVE}"
         )
     protocol = _pickle_protocol(file)
+    if protocol is not None and protocol < 2:
+        return (
+            f"{path} is a torch checkpoint pickled with protocol {protocol} "
+            f"(torch.save(..., pickle_protocol={protocol})), whose opcodes torch's weights-only "
+            "unpickler does not read; handlstm does not unpickle it otherwise. "
+            f"{_RESAVE}"
+        )
     if protocol not in (None, 2):
         return (
             f"{path} is a torch checkpoint pickled with protocol {protocol} "
