@@ -344,3 +344,26 @@ def test_training_example_learns_the_adding_problem() -> None:
         torch.set_num_threads(threads)
     assert result["mse_after"] < example.TRIVIAL_MSE / 4, result
     assert result["mse_after"] < result["mse_before"] / 10, result
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_input_dropout_in_training_on_packed_input_matches_reference(
+    enforce_sorted: bool, num_layers: int
+) -> None:
+    """A fixed example (the fuzz covers it only on some draws): masks on the packed rows."""
+    gen = torch.Generator().manual_seed(3)
+    lengths = [4, 3, 1] if enforce_sorted else [3, 4, 1]
+    x = torch.randn(4, 3, 3, generator=gen, dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+    config = dict(
+        input_size=3, hidden_size=4, num_layers=num_layers, bias=True, batch_first=False,
+        dropout=0.0, bidirectional=True, proj_size=0,
+    )  # fmt: skip
+    h0 = torch.randn(2 * num_layers, 3, 4, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(2 * num_layers, 3, 4, generator=gen, dtype=torch.float64)
+    case = LSTMCase(
+        config, packed, (h0, c0), "packed_sorted" if enforce_sorted else "packed_unsorted",
+        torch.float64, lengths,
+    )  # fmt: skip
+    check_against_reference(case, {"input_dropout": 0.5}, training=True, seed=11)
