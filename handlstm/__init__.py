@@ -8,12 +8,11 @@ checkpoints, the testing toolkit). The public names are re-exported here and in
 ``handlstm.convert``, ``handlstm.testing``, ``handlstm.opacus`` and ``handlstm.cli``.
 """
 
-import sys as _sys
-
 from .core import quiet_torch as _quiet_torch  # noqa: F401  (first: torch without its numpy warning)
 from .core.options import LSTMOptions
 from .core.version import __version__ as __version__
 from .engines.tracing import time_loop
+from .interop.opacus_hook import install_with_opacus as _install_with_opacus
 from .interop.swap import SwapReport, swap_lstms
 from .modules.cell import HandLSTMCell
 from .modules.lstm import HandLSTM, LSTMStates
@@ -28,5 +27,6 @@ __all__ = [
     "time_loop",
 ]
 
-if "opacus" in _sys.modules:  # opacus already loaded: teach it HandLSTM (never imports opacus)
-    from . import opacus as _opacus  # noqa: F401
+# opacus imported before or after handlstm, in either order: it learns HandLSTM's grad samplers
+# when both are loaded (a one-shot import hook; handlstm itself never imports opacus).
+_install_with_opacus()

@@ -14,7 +14,6 @@ is changed in place, see :mod:`handlstm.interop.subclass`). ``to="torch"`` undoe
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +26,9 @@ from ..modules.cell import HandLSTMCell
 from ..modules.conversion import build_on_meta as _build_on_meta
 from ..modules.conversion import cell_config, lstm_config
 from ..modules.lstm import HandLSTM
+from . import opacus_layers as _dp
 from . import subclass as _subclass
+from .opacus_layers import Cannot as _Cannot
 
 __all__ = ["Skipped", "SwapReport", "Swapped", "swap_lstms"]
 
@@ -74,10 +75,6 @@ class SwapReport:
         return "\n".join(lines)
 
 
-class _Cannot(Exception):
-    """Planning found that this module cannot be swapped; the message is the reason."""
-
-
 @dataclass
 class _Plan:
     """What happens to one module: a new module at every path, or a class change in place."""
@@ -92,18 +89,9 @@ class _Plan:
 # -- which modules, and how ----------------------------------------------------------------------
 
 
-def _dp_classes() -> tuple[type[nn.Module] | None, type[nn.Module] | None]:
-    """opacus's DPLSTM and DPLSTMCell if opacus is already imported (a model holding them has
-    imported it), else None: opacus is never imported here."""
-    dp_rnn = sys.modules.get("opacus.layers.dp_rnn")
-    if dp_rnn is None:
-        return None, None
-    return getattr(dp_rnn, "DPLSTM", None), getattr(dp_rnn, "DPLSTMCell", None)
-
-
 def _kind(module: nn.Module, to: str) -> str | None:
     """How ``module`` is swapped ``to`` the given side, or None if it is not LSTM-like."""
-    dp_lstm, dp_cell = _dp_classes()
+    dp_lstm, dp_cell = _dp.dp_classes()
     if to == "hand":
         if _subclass.is_hand_backed(module) or isinstance(module, HandLSTM | HandLSTMCell):
             return None
@@ -152,9 +140,10 @@ def _own_parameters(module: nn.Module, names: list[str]) -> dict[str, nn.Paramet
                 f"{name} is not a registered nn.Parameter (weight-dropped or parametrized?)"
             )
         params[name] = param
-    extra = set(dict(module.named_parameters()).keys()) - set(names)
-    if extra or any(True for _ in module.buffers()) or any(True for _ in module.children()):
-        raise _Cannot("holds parameters, buffers or submodules beyond the LSTM's own")
+    extra = _dp.extra_state(module, set(names))
+    extra += [f"submodule {name}" for name, _ in module.named_children()]
+    if extra:
+        raise _Cannot(f"holds state beyond the LSTM's own ({', '.join(extra)}): a swap drops it")
     return params
 
 
@@ -200,7 +189,7 @@ def _plan(module: nn.Module, path: str, kind: str, to: str) -> _Plan:
         raise _Cannot("subclass of an opacus layer: its extra behaviour cannot be kept")
     if kind == "subclass":
         return _plan_subclass(module, path, to)
-    dp_cell = _dp_classes()[1]
+    dp_cell = _dp.dp_classes()[1]
     cell = isinstance(module, nn.LSTMCell | HandLSTMCell) or (
         dp_cell is not None and isinstance(module, dp_cell)
     )
@@ -209,9 +198,9 @@ def _plan(module: nn.Module, path: str, kind: str, to: str) -> _Plan:
         options = ", ".join(f"{k}={v!r}" for k, v in module.variant_options().items())  # type: ignore[operator]
         raise _Cannot(f"variant options ({options}) have no torch equivalent")
     _check_hooks(module)
-    note = ""
+    note, keys = "", None
     if kind == "dp":
-        params, note = _dp_parameters(module, config, cell)
+        params, keys, note = _dp.dp_parameters(module, _torch_names(config, cell), cell)
     else:
         params = _own_parameters(module, _torch_names(config, cell))
     if not params:
@@ -229,34 +218,14 @@ def _plan(module: nn.Module, path: str, kind: str, to: str) -> _Plan:
         raise _Cannot(
             f"its replacement could not be built: {type(error).__name__}: {error}"
         ) from None
+    _dp.keep_order(new, module)  # an optimizer's state refers to parameters by position
+    if keys is not None:
+        keys.register(new)
+    else:
+        note = _dp.carry(module, new)
     if isinstance(new, nn.LSTM):
         new.flatten_parameters()
     return _Plan(module, [path], Swapped(path, name, target.__name__, config, note), new)
-
-
-def _dp_parameters(
-    module: nn.Module, config: dict[str, Any], cell: bool
-) -> tuple[dict[str, nn.Parameter], str]:
-    """An opacus layer's Parameters under torch's names, and what the swap changes."""
-    if cell:  # DPLSTMCell: ih.weight, hh.weight, ih.bias, hh.bias
-        mapping = {
-            f"{kind}_{part}": f"{part}.{kind}"
-            for kind in ("weight", "bias")
-            for part in ("ih", "hh")
-            if kind == "weight" or config["bias"]
-        }
-        found = dict(module.named_parameters())
-        if set(found) != set(mapping.values()) or any(True for _ in module.buffers()):
-            raise _Cannot(f"holds {sorted(found)}, expected {sorted(mapping.values())}")
-        note = "state-dict keys change from ih.weight, hh.weight, ... to nn.LSTMCell's names"
-        return {new: found[old] for new, old in mapping.items()}, note
-    names = _torch_names(config, cell)  # DPLSTM registers these names itself
-    params = {name: module._parameters.get(name) for name in names}
-    if not all(isinstance(p, nn.Parameter) for p in params.values()):
-        raise _Cannot(f"does not hold nn.LSTM's parameters {names} under their names")
-    if set(dict(module.named_parameters()).keys()) != set(names):
-        raise _Cannot("holds parameters beyond the LSTM's own")
-    return params, ""  # type: ignore[return-value]
 
 
 def _plan_subclass(module: nn.Module, path: str, to: str) -> _Plan:
@@ -320,14 +289,18 @@ def swap_lstms(
     layers come back as nn.LSTM / nn.LSTMCell, subclasses as their exact own class). Modules
     are found at any depth; a module reachable under several paths is replaced everywhere.
 
-    Replacements hold the *same* ``nn.Parameter`` objects, so an optimizer built before the
-    swap keeps stepping them and ``model.state_dict()`` keeps its keys (except DPLSTMCell's,
-    whose keys become nn.LSTMCell's: see the report's note). The ``training`` flag is kept.
+    Replacements hold the *same* ``nn.Parameter`` objects in the same order, so an optimizer
+    built before the swap keeps stepping them and an optimizer state saved before it loads into
+    one built after it. ``model.state_dict()`` keeps its keys and their order, DPLSTM's
+    ``l0.ih.weight``-style aliases included, and old state dicts load strictly; except that
+    DPLSTMCell's keys become nn.LSTMCell's (its old state dicts still load; see the report's
+    note and :mod:`handlstm.interop.opacus_layers`). The ``training`` flag is kept.
 
     Left alone, and listed with the reason: subclasses whose forward never calls
     ``super().forward`` (or where that cannot be confirmed), modules with hooks, modules whose
     weights are not plain registered Parameters (weight-drop, parametrizations), modules
-    holding extra state, and hand modules with variant options when going to torch.
+    holding state of their own (a registered buffer, parameter, submodule or extra state),
+    and hand modules with variant options when going to torch.
 
     All or nothing: every replacement is built before the model is touched; a module whose
     replacement cannot be built is left alone and listed, and if changing the model fails
