@@ -393,3 +393,25 @@ def test_find_lstm_groups_reads_a_two_layer_bidirectional_projected_lstm():
         "cell",
         dict(input_size=3, hidden_size=4, bias=True),
     )
+
+
+@pytest.mark.parametrize(
+    "state_dict",
+    [
+        {"c.weight_ih": torch.zeros(32, 3), "c.weight_hh": torch.zeros(32, 4)},  # 8 gates
+        {"weight_ih_l0": torch.zeros(8, 3, dtype=torch.int64), "weight_hh_l0": torch.zeros(8, 2)},
+        {"weight_ih_l0": torch.zeros(8, 3), "weight_hh_l0": torch.zeros(8, 2, dtype=torch.int8)},
+    ],
+    ids=["cell-8-gates", "integer-weight_ih", "integer-weight_hh"],
+)
+def test_find_lstm_groups_ignores_other_gate_counts_and_integer_tensors(state_dict):
+    assert find_lstm_groups(state_dict) == []
+
+
+def test_find_lstm_groups_cell_with_one_bias_has_a_bias():
+    """A file missing one of the two biases: a biased cell with a problem, not bias=False."""
+    state = nn.LSTMCell(3, 4).state_dict()
+    del state["bias_hh"]
+    (group,) = find_lstm_groups(state)
+    assert group.config["bias"] is True
+    assert group.problems, group
