@@ -15,11 +15,18 @@ from .engines.tracing import time_loop
 from .interop.opacus_hook import install_with_opacus as _install_with_opacus
 from .interop.swap import SwapReport, swap_lstms
 from .modules.cell import HandLSTMCell
+from .modules.gru import HandGRU
 from .modules.lstm import HandLSTM, LSTMStates
+from .modules.recurrent_cells import HandGRUCell, HandRNNCell
+from .modules.rnn import HandRNN
 
 __all__ = [
+    "HandGRU",
+    "HandGRUCell",
     "HandLSTM",
     "HandLSTMCell",
+    "HandRNN",
+    "HandRNNCell",
     "LSTMOptions",
     "LSTMStates",
     "SwapReport",

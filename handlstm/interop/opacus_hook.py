@@ -29,12 +29,12 @@ from typing import Any
 __all__ = ["OpacusFinder", "install_with_opacus"]
 
 _TARGET = "opacus"
-_INTEGRATION = "handlstm.interop.opacus"
+_INTEGRATION = "handlstm.opacus"  # the public path (it imports handlstm.interop.opacus)
 _lock = threading.Lock()
 
 
 def _load_integration() -> None:
-    """Import :mod:`handlstm.interop.opacus` (it installs itself); warn, never raise."""
+    """Import :mod:`handlstm.opacus` (the integration installs itself); warn, never raise."""
     try:
         importlib.import_module(_INTEGRATION)
     except Exception as error:  # noqa: BLE001 - an unsupported opacus must not break its import
