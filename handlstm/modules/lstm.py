@@ -177,21 +177,13 @@ class HandLSTM(TorchParameters, nn.Module):
         self.batch_first = batch_first
         self.bidirectional = bidirectional
         self.proj_size = proj_size
-        self._all_weights: list[list[str]] = []
-        self._flat_weights_names: list[str] = []
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        for layer, direction in self._layers_and_directions():
-            names = self._param_names(layer, direction)
-            for name in names:
-                shape = self._param_shape(name.split("_l")[0], layer)
-                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
-            self._all_weights.append(names)
-            self._flat_weights_names.extend(names)
+        self._register_torch_parameters(device, dtype)
         self._variant_weights_names: list[tuple[str, str]] = []  # (kind, name), after nn.LSTM's
         for layer, direction in self._layers_and_directions():
             suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
             for kind, size in _variants.variant_param_shapes(self.options, hidden_size):
-                self.register_parameter(kind + suffix, nn.Parameter(torch.empty(size, **factory)))
+                empty = torch.empty(size, device=device, dtype=dtype)
+                self.register_parameter(kind + suffix, nn.Parameter(empty))
                 self._variant_weights_names.append((kind, kind + suffix))
         self.reset_parameters()
 

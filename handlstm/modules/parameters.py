@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
 from ..core.kinds import CellKind, DirectionWeights
@@ -44,6 +45,20 @@ class TorchParameters:
     def output_size(self) -> int:
         """H_out: ``proj_size`` if it is > 0, else ``hidden_size``."""
         return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    def _register_torch_parameters(self, device: Any, dtype: Any) -> None:
+        """Register torch's parameters (uninitialised), in torch's names and order."""
+        self._all_weights: list[list[str]] = []
+        self._flat_weights_names: list[str] = []
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        for layer, direction in self._layers_and_directions():
+            names = self._param_names(layer, direction)
+            for name in names:
+                shape = self._param_shape(name.split("_l")[0], layer)
+                module = cast(nn.Module, self)  # the mixin is used on nn.Modules only
+                module.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+            self._all_weights.append(names)
+            self._flat_weights_names.extend(names)
 
     def _layers_and_directions(self) -> Iterator[tuple[int, int]]:
         """The one (layer, direction) iterator, in nn.LSTM's parameter order."""

@@ -59,16 +59,7 @@ class SingleStateRecurrent(TorchParameters, nn.Module):
         self.batch_first = batch_first
         self.bidirectional = bidirectional
         self.proj_size = 0  # as nn.GRU and nn.RNN: no projection
-        self._all_weights: list[list[str]] = []
-        self._flat_weights_names: list[str] = []
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        for layer, direction in self._layers_and_directions():
-            names = self._param_names(layer, direction)
-            for name in names:
-                shape = self._param_shape(name.split("_l")[0], layer)
-                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
-            self._all_weights.append(names)
-            self._flat_weights_names.extend(names)
+        self._register_torch_parameters(device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
